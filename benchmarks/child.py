@@ -1,0 +1,166 @@
+"""A benchmark consumer process: ``python -m benchmarks.child MODE`` (see processes.py).
+
+Modes:
+- ``core-drain``: a loop of ``dequeue_many`` + ``archive_many`` until the queue is empty.
+- ``worker-drain``: ``App.run_worker(until_empty=True)``.
+- ``worker-serve``: ``App.run_worker()``, idle until messages come, until SIGTERM.
+
+The worker modes take a handler from the config: ``noop``; ``slow`` (async, awaits a call
+of ``call_seconds`` per message, gathered); ``record`` (async, notes when it starts on each
+message, reported as ``started``: [[id, unix time], ...]); ``create_users`` (async,
+transactional: inserts its batch's users with one statement, each user id as the result).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pgbatch
+
+Config = dict[str, Any]
+
+
+def _status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS now, VmHWM peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _say(payload: str) -> None:
+    sys.stdout.write(payload + "\n")
+    sys.stdout.flush()
+
+
+def _ready_then_wait() -> tuple[int, float]:
+    """Prints ready, waits for go; the RSS when ready and the start time."""
+    rss_ready = _status_kib("VmRSS")
+    _say("ready")
+    if sys.stdin.readline().strip() != "go":
+        raise SystemExit("expected 'go' on stdin")
+    return rss_ready, time.time()
+
+
+def _finish(messages: int, start: float, rss_ready: int, **extra: Any) -> None:
+    _say(
+        json.dumps(
+            {
+                "messages": messages,
+                "start": start,
+                "end": time.time(),
+                "rss_ready_kib": rss_ready,
+                # Not getrusage's ru_maxrss: on Linux it also counts the parent's memory
+                # at the fork that started this process.
+                "peak_rss_kib": _status_kib("VmHWM"),
+                **extra,
+            }
+        )
+    )
+
+
+def core_drain(config: Config) -> None:
+    with pgbatch.connect(config["dsn"], schema=config["schema"], min_size=1, max_size=1) as client:
+        queue = client.queue(config["queue"])
+        batch = int(config["batch_size"])
+        rss_ready, start = _ready_then_wait()
+        archived = 0
+        while messages := queue.dequeue_many(batch):
+            archived += len(queue.archive_many(messages))
+        _finish(archived, start, rss_ready)
+
+
+class Handlers:
+    """The benchmark's batch handlers, with what they observed."""
+
+    def __init__(self, config: Config) -> None:
+        self.schema = str(config["schema"])
+        self.call_seconds = float(config.get("call_seconds", 0.0))
+        self.handled = 0
+        self.started: list[tuple[int, float]] = []
+
+    def noop(self, batch: Any) -> None:
+        self.handled += len(batch)
+
+    async def slow(self, batch: Any) -> None:
+        # Each message needs a call that takes call_seconds; they run concurrently.
+        messages = list(batch)
+        await asyncio.gather(*(asyncio.sleep(self.call_seconds) for _ in messages))
+        self.handled += len(messages)
+
+    async def record(self, batch: Any) -> None:
+        now = time.time()  # the same host clock as the producer's commit time
+        self.started.extend((message.id, now) for message in batch)
+        self.handled += len(batch)
+
+    async def create_users(self, batch: Any) -> None:
+        """Transactional: creates the batch's users with one statement, each id its result."""
+        from benchmarks.database import helper
+
+        messages = list(batch)
+        params = {
+            "message_ids": [m.id for m in messages],
+            "names": [m.payload.get("name", "warm-up") for m in messages],
+            "emails": [m.payload.get("email", f"warm-up-{m.id}") for m in messages],
+        }
+        async with batch.conn.cursor() as cur:
+            await cur.execute(helper("bench_user_insert_many", self.schema), params)
+            user_ids = dict(await cur.fetchall())
+        for message in messages:
+            batch.complete(message, user_ids[message.id])
+        self.handled += len(messages)
+
+
+def _run_worker(config: Config, *, until_empty: bool) -> None:
+    from pgbatch.worker import App  # imported here: core-drain does without the runtime
+
+    app = App(config["dsn"], schema=config["schema"])
+    handlers = Handlers(config)
+    register = app.batch_handler(
+        config["queue"],
+        batch_size=config["batch_size"],
+        transactional=bool(config.get("transactional", False)),
+    )
+    register(getattr(handlers, config.get("handler", "noop")))
+    rss_ready, start = _ready_then_wait()
+    # Without until_empty, run_worker returns after SIGTERM (graceful shutdown).
+    report = app.run_worker(until_empty=until_empty, concurrency=int(config["concurrency"]))
+    _finish(
+        handlers.handled,
+        start,
+        rss_ready,
+        archived=report.archived,
+        batches=report.batches,
+        started=handlers.started,
+    )
+
+
+def worker_drain(config: Config) -> None:
+    _run_worker(config, until_empty=True)
+
+
+def worker_serve(config: Config) -> None:
+    _run_worker(config, until_empty=False)
+
+
+MODES: dict[str, Callable[[Config], None]] = {
+    "core-drain": core_drain,
+    "worker-drain": worker_drain,
+    "worker-serve": worker_serve,
+}
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    config = json.loads(sys.stdin.readline())
+    MODES[mode](config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""PostgreSQL's own limit: the queue's SQL work done by pgbench alone, with no Python.
+
+Each run gets a fresh pgbatch schema, so the tables, indexes and settings are pgbatch's own
+(migration 0001), and a fixed amount of work (``-t``), so rows/s = rows / pgbench's time.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from benchmarks import database as db
+from benchmarks.harness import Case, Comparison, Context, ScenarioResult
+from benchmarks.pgbench import PgbenchError, find_pgbench, run_script
+from benchmarks.scenarios import Skip, scenario
+
+INSERT_SCRIPT = "limit_insert.sql"
+LEASE_SCRIPT = "limit_lease_archive.sql"
+LEASE_BATCH = 100
+
+
+def insert_rate(dsn: str, *, rows_per_transaction: int, transactions: int) -> float:
+    """Rows/s of ``transactions`` INSERTs of ``rows_per_transaction`` rows, one client."""
+    with db.fresh_schema(dsn, "limit") as schema:
+        queue_id = db.create_bench_queue(dsn, schema)
+        run = run_script(
+            dsn,
+            schema,
+            INSERT_SCRIPT,
+            clients=1,
+            scripts_per_client=transactions,
+            variables={"queue_id": queue_id, "rows": rows_per_transaction},
+        )
+        written = db.count(dsn, schema, "message")
+    if written != rows_per_transaction * transactions:
+        raise PgbenchError(f"limit insert wrote {written} rows")
+    return run.scripts_per_second * rows_per_transaction
+
+
+def lease_archive_rate(dsn: str, *, batch: int, clients: int, messages: int) -> float:
+    """Messages/s moved from a ready backlog to the archive by the naive two-step loop."""
+    per_client = max(1, messages // (batch * clients))
+    moved = per_client * batch * clients
+    with db.fresh_schema(dsn, "limit") as schema:
+        queue_id = db.create_bench_queue(dsn, schema)
+        # One spare batch per client: a lease must never come back empty (pgbench's \gset).
+        db.fill_backlog(dsn, schema, queue_id, moved + batch * clients)
+        run = run_script(
+            dsn,
+            schema,
+            LEASE_SCRIPT,
+            clients=clients,
+            scripts_per_client=per_client,
+            variables={"queue_id": queue_id, "batch": batch},
+        )
+        archived = db.count(dsn, schema, "archive")
+    if archived != moved:
+        raise PgbenchError(f"limit lease-then-archive archived {archived} of {moved}")
+    return run.scripts_per_second * batch
+
+
+def require_pgbench() -> None:
+    if find_pgbench() is None:
+        raise Skip("pgbench not found: set PGBENCH or install the PostgreSQL client tools")
+
+
+def insert_case(ctx: Context, key: str) -> Case:
+    """Limit (a): the enqueue scenario's messages, INSERTed a batch per transaction."""
+    batch = ctx.sizes.enqueue_batch
+    return Case(
+        key,
+        f"PostgreSQL alone: INSERT {batch:,} rows/txn, 1 client",
+        "rows/s",
+        functools.partial(
+            insert_rate,
+            ctx.dsn,
+            rows_per_transaction=batch,
+            transactions=max(1, ctx.sizes.messages // batch),
+        ),
+    )
+
+
+def lease_case(ctx: Context, key: str, clients: int, batch: int = LEASE_BATCH) -> Case:
+    """Limit (b), or (c) with batch 1: the naive lease-then-archive loop."""
+    messages = ctx.sizes.messages if batch > 1 else ctx.sizes.one_row_transactions
+    return Case(
+        key,
+        f"PostgreSQL alone: lease {batch} then archive, {clients} client{'s' * (clients > 1)}",
+        "msg/s",
+        functools.partial(
+            lease_archive_rate, ctx.dsn, batch=batch, clients=clients, messages=messages
+        ),
+    )
+
+
+@scenario("limit", "Limit: the queue's SQL work done by pgbench alone")
+def limit(ctx: Context, result: ScenarioResult) -> None:
+    require_pgbench()
+    one_row = ctx.sizes.one_row_transactions
+    ctx.rounds(
+        result,
+        [
+            insert_case(ctx, "limit.insert_batch"),
+            lease_case(ctx, "limit.lease_archive_100.c1", 1),
+            lease_case(ctx, "limit.lease_archive_100.c2", 2),
+            Case(
+                "limit.insert_1",
+                "PostgreSQL alone: INSERT 1 row/txn, 1 client",
+                "rows/s",
+                functools.partial(
+                    insert_rate, ctx.dsn, rows_per_transaction=1, transactions=one_row
+                ),
+            ),
+            lease_case(ctx, "limit.lease_archive_1.c1", 1, batch=1),
+        ],
+    )
+    result.comparisons += [
+        Comparison(
+            "what batching buys: insert 1,000/txn vs 1/txn", "limit.insert_batch", "limit.insert_1"
+        ),
+        Comparison(
+            "what batching buys: lease-archive 100 vs 1",
+            "limit.lease_archive_100.c1",
+            "limit.lease_archive_1.c1",
+        ),
+    ]
+    result.notes.append(
+        "(a) ids from the queue's sequence, payloads cast from JSON text to jsonb as COPY does;"
+        " (b) two transactions per batch (lease: UPDATE ... FROM (SELECT ... FOR UPDATE SKIP"
+        " LOCKED) returning the payloads; archive: DELETE ... RETURNING into INSERT archive),"
+        " from a ready backlog vacuumed before each run; (c) the same one row per transaction."
+        " pgbench -M prepared. The enqueue and drain scenarios rerun the limit they compare"
+        " with in their own rounds."
+    )

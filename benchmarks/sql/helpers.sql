@@ -1,0 +1,103 @@
+-- Statements the benchmark harness runs itself (never timed as pgbatch work).
+-- Parsed with pgbatch.queries.parse_named_queries; {schema} is rendered as an identifier.
+
+-- name: backlog_insert
+-- A ready backlog for drain scenarios, written server-side in one statement; the payloads
+-- are the same small JSON objects that the enqueue scenario sends.
+INSERT INTO {schema}.message (id, queue_id, payload)
+SELECT n, %(queue_id)s, jsonb_build_object('user_id', n, 'email', 'u' || n || '@example.com')
+FROM (SELECT nextval({message_id_seq}) AS n FROM generate_series(1, %(count)s)) AS ids;
+
+-- name: message_count
+SELECT count(*) FROM {schema}.message;
+
+-- name: archive_count
+SELECT count(*) FROM {schema}.archive;
+
+-- name: table_health
+-- Dead tuples and sizes of pgbatch's tables (the hot table with its indexes, the archive).
+SELECT c.relname,
+       coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0),
+       coalesce(s.autovacuum_count, 0) + coalesce(s.vacuum_count, 0),
+       pg_relation_size(c.oid), pg_indexes_size(c.oid), pg_total_relation_size(c.oid)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE n.nspname = %(schema_name)s AND c.relkind = 'r'
+  AND (c.relname IN ('message', 'dead_letter') OR c.relname LIKE 'archive%%')
+ORDER BY c.relname;
+
+-- name: index_sizes
+SELECT i.relname, pg_relation_size(i.oid)
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = %(schema_name)s AND t.relname = 'message'
+ORDER BY i.relname;
+
+-- name: schema_drop
+DROP SCHEMA {schema} CASCADE;
+
+-- name: server_settings
+SELECT name, current_setting(name) FROM pg_settings
+WHERE name = ANY (%(names)s::text[])
+ORDER BY name;
+
+-- name: server_version
+SELECT current_setting('server_version');
+
+-- name: id_block_sequence_create
+-- For the enqueue profile's alternative: one nextval hands out a block of 1,000 ids.
+CREATE SEQUENCE {schema}.message_id_block_seq AS bigint;
+
+-- name: id_block_allocate
+SELECT array(SELECT nextval({message_id_block_seq}) FROM generate_series(1, %(blocks)s));
+
+-- name: bench_user_create_table
+-- The transparent-batching scenario's "create user": a row per call.
+CREATE TABLE {schema}.bench_user (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    message_id bigint,
+    name       text NOT NULL,
+    email      text NOT NULL
+);
+
+-- name: bench_user_insert_many
+-- A batch handler creates its whole batch of users with one statement.
+INSERT INTO {schema}.bench_user (message_id, name, email)
+SELECT * FROM unnest(%(message_ids)s::bigint[], %(names)s::text[], %(emails)s::text[])
+RETURNING message_id, id;
+
+-- name: bench_user_insert_one
+-- One transaction per call: the baseline.
+INSERT INTO {schema}.bench_user (name, email) VALUES (%(name)s, %(email)s) RETURNING id;
+
+-- name: bench_user_count
+SELECT count(*) FROM {schema}.bench_user;
+
+-- name: notify_trigger_statement
+-- For the enqueue profile's alternative: one wake-up per INSERT/COPY statement, fired by the
+-- table itself (no payload: a listener would wake every queue of the schema).
+CREATE FUNCTION {schema}.bench_notify_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('bench_' || TG_TABLE_SCHEMA, '');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER message_notify AFTER INSERT ON {schema}.message
+FOR EACH STATEMENT EXECUTE FUNCTION {schema}.bench_notify_statement();
+
+-- name: notify_trigger_transition
+-- The same with the names of the queues written to, read from a transition table.
+CREATE FUNCTION {schema}.bench_notify_queues() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('bench_' || TG_TABLE_SCHEMA, q.name)
+    FROM (SELECT DISTINCT queue_id FROM new_rows) AS n
+    JOIN {schema}.queue AS q ON q.id = n.queue_id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER message_notify AFTER INSERT ON {schema}.message
+REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION {schema}.bench_notify_queues();

@@ -1,0 +1,481 @@
+"""What each queue operation does, written once for the sync and async faces.
+
+An operation is a plan: a generator that yields database steps (a statement, or a COPY)
+and receives each step's rows. ``pgbatch.db`` runs plans on a sync or an async connection,
+so the semantics live here only and the two faces cannot drift.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import pydantic
+
+from pgbatch import errors
+from pgbatch.models import DeadLetter, FailOutcome, Message, QueueInfo, QueueStats
+from pgbatch.payloads import decode_payload, encode_json, encode_payloads
+from pgbatch.queries import Queries
+from pgbatch.texts import check_dedup_keys, storable_error
+
+T = TypeVar("T")
+
+Row = tuple[Any, ...]
+# Batches up to this size go through unnest; larger ones through COPY.
+COPY_THRESHOLD = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    sql: str
+    params: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CopyIn:
+    """COPY ... FROM STDIN of text-format data, produced chunk by chunk while it is sent."""
+
+    sql: str
+    data: Iterable[bytes]
+
+
+Step = Statement | CopyIn
+Plan = Generator[Step, list[Row], T]
+
+
+def seconds(
+    value: float | timedelta | None, what: str, *, allow_zero: bool = False
+) -> float | None:
+    """A duration in seconds, checked: positive (or zero where allowed)."""
+    if value is None:
+        return None
+    result = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    # Not finite: NaN compares false to everything, and PostgreSQL has no infinite interval.
+    if not math.isfinite(result) or result < 0 or (result == 0 and not allow_zero):
+        raise errors.InvalidArgument(
+            f"{what} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}"
+        )
+    return result
+
+
+def positive_int(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise errors.InvalidArgument(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+# Payloads are encoded and sent in chunks of this many, so that encoding the next chunk
+# overlaps with the server parsing the previous one.
+COPY_CHUNK = 256
+
+
+def copy_chunks(
+    ids: Sequence[int],
+    queue: QueueInfo,
+    payloads: Sequence[Any],
+    model: type[pydantic.BaseModel] | None,
+) -> Iterator[bytes]:
+    """COPY text-format data for the message table, a chunk at a time.
+
+    orjson never writes raw tabs, newlines or carriage returns, so the backslash is the only
+    byte to escape. A bad payload raises mid-COPY, which aborts the whole transaction.
+    """
+    column = b"\t%d\t" % queue.id
+    for start in range(0, len(payloads), COPY_CHUNK):
+        chunk = encode_payloads(
+            payloads[start : start + COPY_CHUNK],
+            model=model,
+            max_bytes=queue.max_payload_bytes,
+            first_index=start,
+        )
+        data = b"".join(
+            b"%d%s%s\n" % (message_id, column, payload)
+            for message_id, payload in zip(ids[start : start + COPY_CHUNK], chunk, strict=True)
+        )
+        yield data.replace(b"\\", b"\\\\") if b"\\" in data else data
+
+
+def batch_enqueue(
+    q: Queries,
+    queue: QueueInfo,
+    payloads: Sequence[Any],
+    *,
+    model: type[pydantic.BaseModel] | None,
+    delay: float | timedelta | None,
+    priority: int,
+    dedup_keys: Sequence[str | None] | None,
+    channel: str,
+) -> Plan[list[int]]:
+    """Writes every payload or none; ids in input order (the existing id for a dedup hit)."""
+    delay_seconds = seconds(delay, "delay", allow_zero=True) or 0.0
+    if dedup_keys is not None and len(dedup_keys) != len(payloads):
+        raise errors.InvalidArgument("dedup_keys must have one entry per payload")
+    if dedup_keys is not None:
+        check_dedup_keys(dedup_keys)
+    if not -32768 <= priority <= 32767:
+        raise errors.InvalidArgument(f"priority must fit in a smallint, got {priority}")
+    if not payloads:
+        return []
+    has_keys = dedup_keys is not None and any(key is not None for key in dedup_keys)
+    plain = not has_keys and delay_seconds == 0 and priority == 0
+    if not (plain and len(payloads) > COPY_THRESHOLD):
+        # Small or special batches: validate everything before touching the database.
+        encoded = encode_payloads(payloads, model=model, max_bytes=queue.max_payload_bytes)
+    rows = yield Statement(q.message_id_allocate, {"count": len(payloads)})
+    ids: list[int] = sorted(rows[0][0])
+    if plain and len(payloads) > COPY_THRESHOLD:
+        yield CopyIn(q.message_copy, copy_chunks(ids, queue, payloads, model))
+        result = ids
+    else:
+        result = yield from _insert_many(
+            q, queue, ids, encoded, delay_seconds, priority, dedup_keys
+        )
+    yield Statement(q.notify_queue, {"channel": channel, "payload": queue.name})
+    return result
+
+
+def _insert_many(
+    q: Queries,
+    queue: QueueInfo,
+    ids: list[int],
+    encoded: list[bytes],
+    delay_seconds: float,
+    priority: int,
+    dedup_keys: Sequence[str | None] | None,
+) -> Plan[list[int]]:
+    keys = list(dedup_keys) if dedup_keys is not None else [None] * len(ids)
+    inserted = yield Statement(
+        q.message_insert_many,
+        {
+            "queue_id": queue.id,
+            "priority": priority,
+            "delay_seconds": delay_seconds,
+            "ids": ids,
+            "dedup_keys": keys,
+            "payloads": [payload.decode() for payload in encoded],
+        },
+    )
+    if len(inserted) == len(ids):
+        return ids
+    # Some dedup keys matched messages already in the queue: answer with those ids.
+    wanted = sorted({key for key in keys if key is not None})
+    existing = yield Statement(
+        q.message_find_by_dedup_keys, {"queue_id": queue.id, "dedup_keys": wanted}
+    )
+    inserted_ids = {row[0] for row in inserted}
+    by_key = {row[0]: row[1] for row in existing}
+    return [
+        message_id if message_id in inserted_ids or key is None else by_key[key]
+        for message_id, key in zip(ids, keys, strict=True)
+    ]
+
+
+def dequeue_many(
+    q: Queries,
+    queue: QueueInfo,
+    limit: int,
+    *,
+    lease_seconds: float | timedelta | None,
+    model: type[pydantic.BaseModel] | None,
+    done_channel: str = "",
+) -> Plan[list[Message[Any]]]:
+    positive_int(limit, "batch size")
+    lease = seconds(lease_seconds, "lease") or queue.lease_seconds
+    rows = yield Statement(
+        q.message_dequeue_many,
+        {"queue_id": queue.id, "limit": limit, "lease_seconds": lease},
+    )
+    messages, misfits = messages_from_rows(rows, model)
+    if misfits:
+        # A stored payload that fails the model will fail on every delivery: dead-letter it
+        # at once, with the validation error, instead of handing it out or retrying it.
+        yield Statement(
+            q.message_bury_many,
+            {
+                **_fence([message for message, _ in misfits]),
+                "errors": [error for _, error in misfits],
+                "queue": queue.name,
+                "done_channel": done_channel,
+            },
+        )
+    return messages
+
+
+def messages_from_rows(
+    rows: Iterable[Row], model: type[pydantic.BaseModel] | None
+) -> tuple[list[Message[Any]], list[tuple[Message[Any], str]]]:
+    """Messages from message_dequeue_many rows, by priority then id; with a model, also the
+    messages whose payload fails it, each with the error."""
+    if model is None:
+        messages = [Message(row[0], row[1], *row[2:]) for row in rows]
+        misfits: list[tuple[Message[Any], str]] = []
+    else:
+        messages, misfits = [], []
+        for row in rows:
+            message: Message[Any] = Message(row[0], row[1], *row[2:])
+            try:
+                message.payload = decode_payload(row[1], model)
+            except pydantic.ValidationError as exc:
+                misfits.append((message, f"payload does not fit {model.__name__}: {exc}"))
+                continue
+            messages.append(message)
+    messages.sort(key=lambda m: (-m.priority, m.id))
+    return messages, misfits
+
+
+def _fence(messages: Sequence[Message[Any]]) -> dict[str, list[int]]:
+    return {"ids": [m.id for m in messages], "tokens": [m.lease_token for m in messages]}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where outcome notifications go: the queue's name and the schema's done channel."""
+
+    queue: str
+    done_channel: str
+
+    def params(self) -> dict[str, str]:
+        return {"queue": self.queue, "done_channel": self.done_channel}
+
+
+def archive_many(
+    q: Queries,
+    target: Target,
+    messages: Sequence[Message[Any]],
+    results: Sequence[Any] | None = None,
+) -> Plan[list[int]]:
+    """Archives the messages still held; returns the ids archived."""
+    if not messages:
+        return []
+    if results is not None and len(results) != len(messages):
+        raise errors.InvalidArgument("results must have one entry per message")
+    encoded = (
+        [None if r is None else encode_json(r).decode() for r in results]
+        if results is not None
+        else [None] * len(messages)
+    )
+    rows = yield Statement(
+        q.message_archive_many, {**_fence(messages), **target.params(), "results": encoded}
+    )
+    return [row[0] for row in rows]
+
+
+def fail_many(
+    q: Queries,
+    target: Target,
+    messages: Sequence[Message[Any]],
+    errors_text: str | Sequence[str],
+    *,
+    delay: float | timedelta | None,
+) -> Plan[FailOutcome]:
+    if not messages:
+        return FailOutcome()
+    texts = [errors_text] * len(messages) if isinstance(errors_text, str) else list(errors_text)
+    texts = [storable_error(text) for text in texts]  # a failure must not fail on its text
+    if len(texts) != len(messages):
+        raise errors.InvalidArgument("errors must be one text or one per message")
+    rows = yield Statement(
+        q.message_fail_many,
+        {
+            **_fence(messages),
+            **target.params(),
+            "errors": texts,
+            "delay_seconds": seconds(delay, "delay", allow_zero=True),
+        },
+    )
+    outcome = FailOutcome()
+    for message_id, fate in rows:
+        if fate is not None:  # the notification branch's row
+            (outcome.dead if fate == "dead" else outcome.retried).append(message_id)
+    return outcome
+
+
+def extend_lease(
+    q: Queries, messages: Sequence[Message[Any]], lease_seconds: float | timedelta
+) -> Plan[list[int]]:
+    """Pushes the lease of the messages still held; updates their lease_expires_at."""
+    if not messages:
+        return []
+    lease = seconds(lease_seconds, "lease")
+    rows = yield Statement(
+        q.message_extend_lease_many, {**_fence(messages), "lease_seconds": lease}
+    )
+    expiry: dict[int, Any] = {row[0]: row[1] for row in rows}
+    for message in messages:
+        if message.id in expiry:
+            message.lease_expires_at = expiry[message.id]
+    return [row[0] for row in rows]
+
+
+def release_many(q: Queries, messages: Sequence[Message[Any]]) -> Plan[list[int]]:
+    """Hands back messages never started: visible at once, the delivery not counted."""
+    if not messages:
+        return []
+    rows = yield Statement(q.message_release_many, _fence(messages))
+    return [row[0] for row in rows]
+
+
+def stats(q: Queries, queue: QueueInfo) -> Plan[QueueStats]:
+    rows = yield Statement(q.queue_stats, {"queue_id": queue.id})
+    return QueueStats(queue.name, *rows[0])
+
+
+def dead_letters(
+    q: Queries, queue: QueueInfo, limit: int, model: type[pydantic.BaseModel] | None
+) -> Plan[list[DeadLetter]]:
+    positive_int(limit, "limit")
+    rows = yield Statement(q.dead_letter_list, {"queue_id": queue.id, "limit": limit})
+    return [DeadLetter(r[0], _decode_loose(r[1], model), *r[2:]) for r in rows]
+
+
+def _decode_loose(value: Any, model: type[pydantic.BaseModel] | None) -> Any:
+    # A dead letter may be dead precisely because its payload no longer fits the model.
+    try:
+        return decode_payload(value, model)
+    except pydantic.ValidationError:
+        return value
+
+
+def requeue_dead(
+    q: Queries, queue: QueueInfo, ids: Sequence[int] | None, channel: str
+) -> Plan[int]:
+    rows = yield Statement(
+        q.dead_letter_requeue,
+        {"queue_id": queue.id, "ids": None if ids is None else list(ids)},
+    )
+    count = int(rows[0][0])
+    if count:
+        yield Statement(q.notify_queue, {"channel": channel, "payload": queue.name})
+    return count
+
+
+def single_count(sql_text: str, queue: QueueInfo) -> Plan[int]:
+    rows = yield Statement(sql_text, {"queue_id": queue.id})
+    return int(rows[0][0])
+
+
+def create_queue(q: Queries, name: str, settings: Mapping[str, Any]) -> Plan[QueueInfo]:
+    """Creates the queue unless it exists; the queue either way."""
+    # Looked up first: a role that may not insert queues (a worker) can still "create" one
+    # that exists.
+    rows = yield Statement(q.queue_get, {"name": name})
+    if rows:
+        return QueueInfo.from_row(rows[0])
+    yield Statement(q.queue_insert, {"name": name, **settings})
+    return (yield from get_queue(q, name))
+
+
+def get_queue(q: Queries, name: str) -> Plan[QueueInfo]:
+    rows = yield Statement(q.queue_get, {"name": name})
+    if not rows:
+        raise errors.QueueNotFound(f"no queue named {name!r}")
+    return QueueInfo.from_row(rows[0])
+
+
+def list_queues(q: Queries) -> Plan[list[QueueInfo]]:
+    rows = yield Statement(q.queue_list)
+    return [QueueInfo.from_row(row) for row in rows]
+
+
+def set_paused(q: Queries, name: str, paused: bool, channel: str) -> Plan[None]:
+    rows = yield Statement(q.queue_set_paused, {"name": name, "paused": paused})
+    if not rows:
+        raise errors.QueueNotFound(f"no queue named {name!r}")
+    if not paused:
+        yield Statement(q.notify_queue, {"channel": channel, "payload": name})
+
+
+def update_queue(q: Queries, name: str, settings: Mapping[str, Any]) -> Plan[QueueInfo]:
+    """Changes the given settings (None keeps one); the queue as it is now."""
+    rows = yield Statement(q.queue_update_settings, {"name": name, **settings})
+    if not rows:
+        raise errors.QueueNotFound(f"no queue named {name!r}")
+    return (yield from get_queue(q, name))
+
+
+def drop_queue(q: Queries, name: str) -> Plan[None]:
+    info = yield from get_queue(q, name)
+    yield Statement(q.queue_delete, {"queue_id": info.id})
+
+
+def queue_settings(
+    *,
+    lease_seconds: float | timedelta | None,
+    max_attempts: int | None,
+    backoff_base: float | timedelta | None,
+    backoff_max: float | timedelta | None,
+    max_payload_bytes: int | None,
+) -> dict[str, Any]:
+    """Checked settings for queue_insert and queue_update_settings (None: unchanged)."""
+    return {
+        "lease_seconds": seconds(lease_seconds, "lease"),
+        "max_attempts": None
+        if max_attempts is None
+        else positive_int(max_attempts, "max_attempts"),
+        "backoff_base_seconds": seconds(backoff_base, "backoff_base", allow_zero=True),
+        "backoff_max_seconds": seconds(backoff_max, "backoff_max", allow_zero=True),
+        "max_payload_bytes": (
+            None
+            if max_payload_bytes is None
+            else positive_int(max_payload_bytes, "max_payload_bytes")
+        ),
+    }
+
+
+# --- worker plans ---
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerIdentity:
+    """A worker process as the registry records it."""
+
+    id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+
+
+def renew_leases(
+    q: Queries, messages: Sequence[Message[Any]], lease_seconds: Sequence[float]
+) -> Plan[set[int]]:
+    """Renews the lease of every message (each by its own length) in one statement; the ids
+    still held."""
+    if not messages:
+        return set()
+    rows = yield Statement(
+        q.message_renew_leases, {**_fence(messages), "lease_seconds": list(lease_seconds)}
+    )
+    return {row[0] for row in rows}
+
+
+def worker_heartbeat(
+    q: Queries, worker: WorkerIdentity, batches_done: int, messages_done: int
+) -> Plan[None]:
+    """Registers the worker, or refreshes its heartbeat and totals."""
+    yield Statement(
+        q.worker_heartbeat,
+        {
+            "id": worker.id,
+            "host": worker.host,
+            "pid": worker.pid,
+            "queues": list(worker.queues),
+            "batches_done": batches_done,
+            "messages_done": messages_done,
+        },
+    )
+
+
+def worker_stop(q: Queries, worker_id: str, batches_done: int, messages_done: int) -> Plan[None]:
+    yield Statement(
+        q.worker_stop,
+        {"id": worker_id, "batches_done": batches_done, "messages_done": messages_done},
+    )
+
+
+def queue_depths(q: Queries, names: Sequence[str]) -> Plan[dict[str, int]]:
+    """Visible messages per queue name."""
+    rows = yield Statement(q.queue_depth_many, {"names": list(names)})
+    return {row[0]: int(row[1]) for row in rows}

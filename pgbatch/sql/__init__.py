@@ -1,0 +1,1 @@
+"""The schema (migrations/) and every runtime statement (queries/), loaded by name."""

@@ -1,0 +1,177 @@
+-- name: message_id_allocate
+-- Ids drawn ahead of COPY so batch_enqueue returns them in input order.
+SELECT array(SELECT nextval({message_id_seq}) FROM generate_series(1, %(count)s));
+
+-- name: message_copy
+COPY {schema}.message (id, queue_id, payload) FROM STDIN;
+
+-- name: message_insert_many
+-- The general enqueue path (delay, priority, dedup keys). Payloads arrive as JSON text.
+-- A dedup key that matches a message still in the queue writes nothing: ON CONFLICT skips it.
+INSERT INTO {schema}.message (id, queue_id, priority, visible_at, dedup_key, payload)
+SELECT a.id, %(queue_id)s, %(priority)s, now() + make_interval(secs => %(delay_seconds)s),
+       a.dedup_key, a.payload::jsonb
+FROM unnest(%(ids)s::bigint[], %(dedup_keys)s::text[], %(payloads)s::text[])
+     AS a(id, dedup_key, payload)
+ON CONFLICT (queue_id, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
+RETURNING id;
+
+-- name: message_find_by_dedup_keys
+SELECT dedup_key, id FROM {schema}.message
+WHERE queue_id = %(queue_id)s AND dedup_key = ANY(%(dedup_keys)s::text[]);
+
+-- name: message_dequeue_many
+-- Takes up to limit visible messages with FOR UPDATE SKIP LOCKED, highest priority first,
+-- then earliest visible. Attempts are counted here, at delivery, so a handler that kills its
+-- process still reaches the dead letters: a candidate whose earlier lease expired after its
+-- final attempt goes to dead_letter instead of being handed out again.
+WITH settings AS (
+    SELECT max_attempts FROM {schema}.queue WHERE id = %(queue_id)s AND NOT paused
+),
+candidate AS (
+    -- A visible message that still carries a lease token lost its last lease unsettled:
+    -- its consumer may have crashed on it.
+    SELECT m.id, m.attempts >= s.max_attempts AS exhausted,
+           m.lease_token IS NOT NULL AS after_expired_lease
+    FROM {schema}.message m, settings s
+    WHERE m.queue_id = %(queue_id)s AND m.visible_at <= now()
+    ORDER BY m.priority DESC, m.visible_at
+    LIMIT %(limit)s
+    FOR UPDATE OF m SKIP LOCKED
+),
+exhausted AS (
+    DELETE FROM {schema}.message m USING candidate c
+    WHERE m.id = c.id AND c.exhausted
+    RETURNING m.id, m.queue_id, m.priority, m.attempts, m.enqueued_at, m.dedup_key,
+              m.last_error, m.payload
+),
+buried AS (
+    INSERT INTO {schema}.dead_letter (id, queue_id, priority, attempts, enqueued_at, dedup_key,
+                             last_error, payload)
+    SELECT id, queue_id, priority, attempts, enqueued_at, dedup_key,
+           coalesce(last_error, 'lease expired after the final attempt'), payload
+    FROM exhausted
+),
+token AS (SELECT nextval({lease_token_seq}) AS value)
+UPDATE {schema}.message m
+SET visible_at = now() + make_interval(secs => %(lease_seconds)s),
+    attempts = m.attempts + 1,
+    lease_token = token.value
+FROM candidate c, token
+WHERE m.id = c.id AND NOT c.exhausted
+RETURNING m.id, m.payload, m.attempts, m.enqueued_at, m.visible_at, m.lease_token,
+          m.priority, m.last_error, c.after_expired_lease;
+
+-- name: message_archive_many
+-- Moves the messages whose lease the caller still holds (fenced by lease token) into the
+-- archive, with their results; returns the ids archived.
+WITH done AS (
+    DELETE FROM {schema}.message m
+    USING unnest(%(ids)b::bigint[], %(tokens)b::bigint[], %(results)s::jsonb[])
+          AS a(id, token, result)
+    WHERE m.id = a.id AND m.lease_token = a.token
+    RETURNING m.id, m.queue_id, m.priority, m.attempts, m.enqueued_at, m.payload, a.result
+)
+,
+archived AS (
+    INSERT INTO {schema}.archive (id, queue_id, priority, attempts, enqueued_at, payload, result)
+    SELECT id, queue_id, priority, attempts, enqueued_at, payload, result FROM done
+    RETURNING id
+)
+-- One notification per archived batch, not per message, and only while producers await
+-- results of this queue (queue.results_awaited_until, kept fresh by pgbatch.results).
+SELECT a.id
+FROM archived a,
+     (SELECT count(pg_notify(%(done_channel)s, %(queue)s))
+      FROM (SELECT 1 FROM archived LIMIT 1) AS any_archived
+      WHERE EXISTS (SELECT 1 FROM {schema}.queue
+                    WHERE name = %(queue)s AND results_awaited_until > now())) AS notified;
+
+-- name: message_fail_many
+-- Fails the messages whose lease the caller still holds: back to the queue after a delay
+-- (the given one, or exponential backoff with jitter), or to the dead letters once their
+-- attempts reach max_attempts. Returns each id with its fate: 'retry' or 'dead'.
+WITH target AS (
+    SELECT m.id, m.attempts, a.error, q.max_attempts,
+           coalesce(%(delay_seconds)s::double precision,
+                    least(q.backoff_max_seconds,
+                          q.backoff_base_seconds * power(2, greatest(m.attempts - 1, 0)))
+                    * (0.5 + random() / 2)) AS delay
+    FROM {schema}.message m
+    JOIN unnest(%(ids)b::bigint[], %(tokens)b::bigint[], %(errors)s::text[])
+         AS a(id, token, error) ON m.id = a.id AND m.lease_token = a.token
+    JOIN {schema}.queue q ON q.id = m.queue_id
+    FOR UPDATE OF m
+),
+dead AS (
+    DELETE FROM {schema}.message m USING target t
+    WHERE m.id = t.id AND t.attempts >= t.max_attempts
+    RETURNING m.id, m.queue_id, m.priority, m.attempts, m.enqueued_at, m.dedup_key,
+              t.error, m.payload
+),
+buried AS (
+    INSERT INTO {schema}.dead_letter (id, queue_id, priority, attempts, enqueued_at, dedup_key,
+                             last_error, payload)
+    SELECT * FROM dead
+    RETURNING id
+),
+retried AS (
+    UPDATE {schema}.message m
+    SET visible_at = now() + make_interval(secs => t.delay),
+        lease_token = NULL,
+        last_error = t.error
+    FROM target t
+    WHERE m.id = t.id AND t.attempts < t.max_attempts
+    RETURNING m.id
+)
+SELECT id, 'dead' AS fate FROM buried
+UNION ALL
+SELECT id, 'retry' AS fate FROM retried
+UNION ALL
+-- Producers awaiting a result learn of dead letters too: one notification per call.
+-- This branch always yields one (NULL, NULL) row, which the caller skips.
+SELECT NULL, NULL
+FROM (SELECT count(pg_notify(%(done_channel)s, %(queue)s))
+      FROM (SELECT 1 FROM buried LIMIT 1) AS any_dead
+      WHERE EXISTS (SELECT 1 FROM {schema}.queue
+                    WHERE name = %(queue)s AND results_awaited_until > now())) AS notified;
+
+-- name: message_bury_many
+-- Dead-letters held messages at once (a payload that no longer fits the queue's model will
+-- fail on every delivery), fenced by lease token; one notification for awaiting producers.
+WITH dead AS (
+    DELETE FROM {schema}.message m
+    USING unnest(%(ids)b::bigint[], %(tokens)b::bigint[], %(errors)s::text[])
+          AS a(id, token, error)
+    WHERE m.id = a.id AND m.lease_token = a.token
+    RETURNING m.id, m.queue_id, m.priority, m.attempts, m.enqueued_at, m.dedup_key,
+              a.error, m.payload
+),
+buried AS (
+    INSERT INTO {schema}.dead_letter (id, queue_id, priority, attempts, enqueued_at, dedup_key,
+                                      last_error, payload)
+    SELECT * FROM dead
+    RETURNING id
+)
+SELECT b.id
+FROM buried b,
+     (SELECT count(pg_notify(%(done_channel)s, %(queue)s))
+      FROM (SELECT 1 FROM buried LIMIT 1) AS any_dead
+      WHERE EXISTS (SELECT 1 FROM {schema}.queue
+                    WHERE name = %(queue)s AND results_awaited_until > now())) AS notified;
+
+-- name: message_extend_lease_many
+UPDATE {schema}.message m
+SET visible_at = now() + make_interval(secs => %(lease_seconds)s)
+FROM unnest(%(ids)b::bigint[], %(tokens)b::bigint[]) AS a(id, token)
+WHERE m.id = a.id AND m.lease_token = a.token
+RETURNING m.id, m.visible_at;
+
+-- name: message_release_many
+-- Hands back messages that were taken but never started (worker shutdown): visible at once,
+-- and the delivery does not count as an attempt.
+UPDATE {schema}.message m
+SET visible_at = now(), lease_token = NULL, attempts = greatest(m.attempts - 1, 0)
+FROM unnest(%(ids)b::bigint[], %(tokens)b::bigint[]) AS a(id, token)
+WHERE m.id = a.id AND m.lease_token = a.token
+RETURNING m.id;

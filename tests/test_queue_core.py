@@ -1,0 +1,263 @@
+"""The core queue on a real PostgreSQL: enqueue, lease, fence, fail, dead letters, dedup."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import psycopg
+import pydantic
+import pytest
+from psycopg import sql
+
+import pgbatch
+from pgbatch import errors
+
+
+def expire_leases(client: pgbatch.Client, ids: list[int]) -> None:
+    """Forges the state after a lease ran out, instead of sleeping through it."""
+    with client.db.connection() as conn:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET visible_at = now() - interval '1 second' WHERE id = ANY(%s)"
+            ).format(sql.Identifier(client.schema, "message")),
+            (ids,),
+        )
+
+
+def test_batch_enqueue_returns_ids_in_input_order_and_dequeue_gets_them(queue):
+    payloads = [{"n": i, "text": f"caf\u00e9 \\ {i}\t"} for i in range(500)]
+    ids = queue.batch_enqueue(payloads)
+    assert ids == sorted(ids) and len(set(ids)) == 500
+    got = queue.dequeue_many(1000)
+    assert [m.id for m in got] == ids
+    assert [m.payload for m in got] == payloads  # byte-for-byte through COPY escaping
+    assert all(m.attempts == 1 and m.lease_token == got[0].lease_token for m in got)
+    assert queue.dequeue_many(10) == []
+
+
+def test_small_batches_use_the_insert_path_with_the_same_result(queue):
+    ids = queue.batch_enqueue([{"a": 1}, [1, 2], "text", 3.5, None])
+    assert [m.payload for m in queue.dequeue_many(10)] == [{"a": 1}, [1, 2], "text", 3.5, None]
+    assert len(ids) == 5
+
+
+def test_archive_moves_messages_out_and_counts(queue):
+    queue.batch_enqueue([{"i": i} for i in range(10)])
+    msgs = queue.dequeue_many(4)
+    assert sorted(queue.archive_many(msgs)) == sorted(m.id for m in msgs)
+    stats = queue.stats()
+    assert (stats.ready, stats.leased, stats.archived, stats.dead) == (6, 0, 4, 0)
+    assert stats.archived_last_minute == 4
+    assert queue.archive_many(msgs) == []  # a second archive finds nothing held
+
+
+def test_leased_messages_are_invisible_until_the_lease_expires(client, queue):
+    [mid] = queue.batch_enqueue([{"x": 1}])
+    first = queue.dequeue_many(10, lease_seconds=30)
+    assert [m.id for m in first] == [mid]
+    assert queue.dequeue_many(10) == []
+    assert queue.stats().leased == 1
+    expire_leases(client, [mid])
+    again = queue.dequeue_many(10)
+    assert [m.id for m in again] == [mid]
+    assert again[0].attempts == 2
+    assert again[0].lease_token != first[0].lease_token
+    assert not first[0].after_expired_lease and again[0].after_expired_lease
+    queue.fail_many(again, "handled failure", delay=0)
+    assert not queue.dequeue_many(10)[0].after_expired_lease  # a settled failure is no suspect
+
+
+def test_real_lease_expiry_uses_the_database_clock(queue):
+    queue.enqueue({"x": 1})
+    [m] = queue.dequeue_many(1, lease_seconds=0.3)
+    assert queue.dequeue_many(1) == []
+    time.sleep(0.5)
+    [again] = queue.dequeue_many(1)
+    assert again.id == m.id and again.attempts == 2
+
+
+def test_stale_consumer_is_fenced_out(client, queue):
+    queue.batch_enqueue([{"x": 1}, {"x": 2}])
+    stale = queue.dequeue_many(2)
+    expire_leases(client, [m.id for m in stale])
+    fresh = queue.dequeue_many(2)
+    assert queue.archive_many(stale) == []
+    assert queue.fail_many(stale, "late") == pgbatch.FailOutcome()
+    assert queue.extend_lease(stale, seconds=60) == []
+    assert queue.release_many(stale) == []
+    assert sorted(queue.archive_many(fresh)) == sorted(m.id for m in fresh)
+
+
+def test_extend_lease_keeps_a_message_hidden(client, queue):
+    queue.enqueue({"x": 1})
+    [m] = queue.dequeue_many(1, lease_seconds=1)
+    before = m.lease_expires_at
+    assert queue.extend_lease([m], seconds=60) == [m.id]
+    assert m.lease_expires_at > before + timedelta(seconds=30)
+
+
+def test_fail_backs_off_then_dead_letters_after_max_attempts(client, queue):
+    [mid] = queue.batch_enqueue([{"job": "x"}])
+    for attempt in (1, 2):
+        [m] = queue.dequeue_many(1)
+        assert m.attempts == attempt
+        outcome = queue.fail_many([m], f"boom {attempt}", delay=timedelta(seconds=60))
+        assert outcome.retried == [mid]
+        assert queue.dequeue_many(1) == []  # delayed by the failure
+        assert queue.stats().delayed == 1
+        expire_leases(client, [mid])
+    [m] = queue.dequeue_many(1)
+    assert m.last_error == "boom 2"
+    assert queue.fail_many([m], "final").dead == [mid]
+    [dead] = queue.dead_letters()
+    assert (dead.id, dead.payload, dead.attempts, dead.last_error) == (
+        mid,
+        {"job": "x"},
+        3,
+        "final",
+    )
+    assert queue.stats().dead == 1
+    assert queue.requeue_dead() == 1
+    [back] = queue.dequeue_many(1)
+    assert back.id == mid and back.attempts == 1
+    assert queue.dead_letters() == []
+
+
+def test_expired_leases_count_as_attempts_and_reach_the_dead_letters(client, queue):
+    [mid] = queue.batch_enqueue([{"crash": True}])
+    for _ in range(3):  # max_attempts=3: a consumer that dies every time
+        [m] = queue.dequeue_many(1)
+        expire_leases(client, [m.id])
+    assert queue.dequeue_many(1) == []
+    [dead] = queue.dead_letters()
+    assert dead.id == mid and "lease expired" in (dead.last_error or "")
+
+
+def test_requeue_dead_by_id(queue):
+    ids = queue.batch_enqueue([{"i": i} for i in range(3)])
+    msgs = queue.dequeue_many(3)
+    queue.fail_many(msgs, "x", delay=0)
+    for _ in range(2):
+        queue.fail_many(queue.dequeue_many(3), "x", delay=0)
+    assert sorted(d.id for d in queue.dead_letters()) == ids
+    assert queue.requeue_dead([ids[1]]) == 1
+    assert [m.id for m in queue.dequeue_many(3)] == [ids[1]]
+    assert queue.purge_dead() == 2
+
+
+def test_dedup_returns_the_existing_id_while_the_message_is_in_the_queue(queue):
+    first = queue.enqueue({"v": 1}, dedup_key="signup-42")
+    assert queue.enqueue({"v": 2}, dedup_key="signup-42") == first
+    ids = queue.batch_enqueue([{"v": 3}, {"v": 4}, {"v": 5}], dedup_keys=["a", "signup-42", "a"])
+    assert ids[1] == first and ids[2] == ids[0]
+    msgs = queue.dequeue_many(10)
+    assert sorted(m.payload["v"] for m in msgs) == [1, 3]
+    queue.archive_many(msgs)
+    assert queue.enqueue({"v": 6}, dedup_key="signup-42") != first  # gone from the queue
+
+
+def test_delay_hides_a_message_until_due(queue):
+    queue.enqueue({"later": True}, delay=timedelta(seconds=0.4))
+    queue.enqueue({"now": True})
+    assert [m.payload for m in queue.dequeue_many(10)] == [{"now": True}]
+    assert queue.stats().delayed == 1
+    time.sleep(0.5)
+    assert [m.payload for m in queue.dequeue_many(10)] == [{"later": True}]
+
+
+def test_priority_first_then_oldest(queue):
+    queue.enqueue({"n": "low-old"})
+    queue.enqueue({"n": "high"}, priority=5)
+    queue.enqueue({"n": "low-new"})
+    assert [m.payload["n"] for m in queue.dequeue_many(1)] == ["high"]
+    assert [m.payload["n"] for m in queue.dequeue_many(2)] == ["low-old", "low-new"]
+
+
+def test_paused_queue_accepts_but_hands_out_nothing(client, queue):
+    client.pause_queue("jobs")
+    queue.enqueue({"x": 1})
+    assert queue.dequeue_many(5) == []
+    client.resume_queue("jobs")
+    assert len(queue.dequeue_many(5)) == 1
+
+
+def test_purge_and_drop(client, queue):
+    queue.batch_enqueue([{"i": i} for i in range(100)])
+    assert queue.purge() == 100
+    assert queue.stats().ready == 0
+    client.drop_queue("jobs")
+    with pytest.raises(errors.QueueNotFound):
+        client.queue("jobs")
+
+
+def test_create_queue_is_idempotent_and_lists(client):
+    a = client.create_queue("emails", lease_seconds=12, max_attempts=7)
+    b = client.create_queue("emails", lease_seconds=99)
+    assert a.info == b.info and b.info.lease_seconds == 12
+    assert [q.name for q in client.queues()] == ["emails"]
+    assert client.queue("emails").info.max_attempts == 7
+
+
+def test_enqueue_in_the_callers_transaction_commits_and_rolls_back_with_it(pg_dsn, client, queue):
+    with psycopg.connect(pg_dsn) as conn:
+        queue.batch_enqueue([{"tx": 1}] * 100, conn=conn)
+        conn.rollback()
+        assert queue.stats().ready == 0
+        queue.batch_enqueue([{"tx": 2}] * 100, conn=conn)
+        assert queue.stats().ready == 0  # not yet committed: invisible to others
+        conn.commit()
+    assert queue.stats().ready == 100
+
+
+def test_dequeue_plan_walks_the_index_with_a_leased_backlog(client, queue):
+    queue.batch_enqueue([{"i": i} for i in range(20000)])
+    queue.dequeue_many(15000)
+    with client.db.connection() as conn:
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(client.schema, "message")))
+        with conn.transaction(force_rollback=True):
+            plan = conn.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + client.queries.message_dequeue_many,
+                {"queue_id": queue.info.id, "limit": 100, "lease_seconds": 30},
+            ).fetchone()[0]
+    text = str(plan)
+    scans = _index_scans(plan[0]["Plan"])
+    assert "message_dequeue_idx" in text
+    scan = next(s for s in scans if s.get("Index Name") == "message_dequeue_idx")
+    # The scan reads about the batch, not the 15,000 leased rows behind it.
+    assert scan["Actual Rows"] <= 200
+
+
+def _index_scans(node):
+    found = [node] if "Index Name" in node else []
+    for child in node.get("Plans", []):
+        found.extend(_index_scans(child))
+    return found
+
+
+def test_a_stored_payload_that_no_longer_fits_the_model_is_dead_lettered_at_once(client):
+    class Signup(pydantic.BaseModel):
+        email: str
+
+    raw = client.create_queue("signups", max_attempts=5)
+    good, bad = raw.batch_enqueue([{"email": "a@x.org"}, {"name": "no email"}])
+    typed = client.queue("signups", model=Signup)
+    [message] = typed.dequeue_many(10)
+    assert message.id == good and message.payload == Signup(email="a@x.org")
+    [dead] = raw.dead_letters()
+    assert dead.id == bad and "does not fit Signup" in (dead.last_error or "")
+    assert raw.stats().leased == 1 and raw.stats().ready == 0
+
+
+def test_archives_notify_the_done_channel_only_while_results_are_awaited(pg_dsn, client, queue):
+    from pgbatch.results import declare_interest
+
+    with psycopg.connect(pg_dsn, autocommit=True) as listener:
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(client.done_channel)))
+        queue.batch_enqueue([{"i": i} for i in range(4)])
+        queue.archive_many(queue.dequeue_many(2))
+        assert list(listener.notifies(timeout=0.3)) == []  # nobody awaits: no NOTIFY cost
+        client.db.run(declare_interest(client.queries, ["jobs"]), transaction=False)
+        queue.archive_many(queue.dequeue_many(2))
+        [note] = list(listener.notifies(timeout=2, stop_after=1))
+        assert note.payload == "jobs"
