@@ -102,7 +102,7 @@ async def test_unreachable_server_async_error_never_shows_the_password(secret, a
 def test_unparsable_dsn_error_never_quotes_the_password(secret):
     for bad in (
         f"postgresql://u:{quote(secret.password, safe='')}@127.0.0.1:notaport/db",
-        f"host=127.0.0.1 password='{secret.password}' port=",
+        f"host=127.0.0.1 port=5432 password='{secret.password}",  # unterminated quote
         f"host=127.0.0.1 password={secrets.token_hex(4)}'unterminated {secret.password}",
     ):
         with pytest.raises(errors.InvalidDSN) as caught:
