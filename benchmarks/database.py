@@ -36,7 +36,6 @@ def helper(name: str, schema: str = "public") -> bytes:
     composed = sql.SQL(_helper_templates()[name]).format(
         schema=schema_id,
         message_id_seq=sql.Literal(f"{qualified}.message_id_seq"),
-        message_id_block_seq=sql.Literal(f"{qualified}.message_id_block_seq"),
     )
     return composed.as_string(None).encode()
 

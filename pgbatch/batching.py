@@ -159,7 +159,7 @@ def enqueue_plan(
         delay=None,
         priority=0,
         dedup_keys=None,
-        channel=client.channel,
+        reservoir=client.ids,
     )
 
 
@@ -379,7 +379,7 @@ class Submitter:
         client = self._client
 
         def write(payloads: list[bytes]) -> list[int]:
-            return client.db.run(enqueue_plan(client, queue, payloads))
+            return client.db.run(enqueue_plan(client, queue, payloads), transaction=False)
 
         return write
 
@@ -592,7 +592,7 @@ class AsyncSubmitter:
             client = self._client
 
             async def write(payloads: list[bytes]) -> list[int]:
-                return await client.db.run(enqueue_plan(client, queue, payloads))
+                return await client.db.run(enqueue_plan(client, queue, payloads), transaction=False)
 
             settings = self._settings.get(queue.name, BatchingSettings())
             batcher = AsyncBatcher(write, client.results, settings, queue.name)

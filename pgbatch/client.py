@@ -18,6 +18,7 @@ from pgbatch import operations as ops
 from pgbatch.batching import AsyncSubmitter, Submitter
 from pgbatch.db import AsyncDatabase, Database, translated_errors
 from pgbatch.dsn import describe_dsn, resolve_dsn
+from pgbatch.ids import IdReservoir
 from pgbatch.migrate import migrate as apply_migrations
 from pgbatch.models import QueueInfo, validate_queue_name, validate_schema_name
 from pgbatch.queries import Queries, queries_for
@@ -61,6 +62,8 @@ class _ClientBase:
         self.queries: Queries = queries_for(schema)
         self.channel = wake_channel(schema)
         self.done_channel = done_channel(schema)
+        # Ids reserved ahead for batch_enqueue, shared by this client's queues and threads.
+        self.ids = IdReservoir()
 
 
 def migrate_with_new_connection(dsn: str, schema: str) -> list[int]:

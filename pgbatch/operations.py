@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pydantic
 
 from pgbatch import errors
+from pgbatch.ids import IdReservoir
 from pgbatch.models import DeadLetter, FailOutcome, Message, QueueInfo, QueueStats
 from pgbatch.payloads import decode_payload, encode_json, encode_payloads
 from pgbatch.queries import Queries
@@ -98,6 +99,23 @@ def copy_chunks(
         yield data.replace(b"\\", b"\\\\") if b"\\" in data else data
 
 
+def enqueue_needs_transaction(dedup_keys: Sequence[str | None] | None) -> bool:
+    """Whether batch_enqueue must run in an explicit transaction. Without dedup keys it writes
+    with one statement (COPY or INSERT), atomic alone; with them it also reads back the ids
+    of duplicates, which must see the same state as the insert."""
+    return dedup_keys is not None and any(key is not None for key in dedup_keys)
+
+
+def reserve_ids(q: Queries, reservoir: IdReservoir, count: int) -> Plan[list[int]]:
+    """``count`` fresh message ids, from the reservoir, refilled from the sequence if short."""
+    ids = reservoir.take(count)
+    while ids is None:
+        rows = yield Statement(q.message_id_blocks, {"count": IdReservoir.blocks_to_reserve(count)})
+        reservoir.add_blocks(rows[0][0])
+        ids = reservoir.take(count)
+    return ids
+
+
 def batch_enqueue(
     q: Queries,
     queue: QueueInfo,
@@ -107,9 +125,12 @@ def batch_enqueue(
     delay: float | timedelta | None,
     priority: int,
     dedup_keys: Sequence[str | None] | None,
-    channel: str,
+    reservoir: IdReservoir,
 ) -> Plan[list[int]]:
-    """Writes every payload or none; ids in input order (the existing id for a dedup hit)."""
+    """Writes every payload or none; ids in input order (the existing id for a dedup hit).
+
+    Workers are woken by the insert's own trigger (migration 0003), at commit.
+    """
     delay_seconds = seconds(delay, "delay", allow_zero=True) or 0.0
     if dedup_keys is not None and len(dedup_keys) != len(payloads):
         raise errors.InvalidArgument("dedup_keys must have one entry per payload")
@@ -119,22 +140,17 @@ def batch_enqueue(
         raise errors.InvalidArgument(f"priority must fit in a smallint, got {priority}")
     if not payloads:
         return []
-    has_keys = dedup_keys is not None and any(key is not None for key in dedup_keys)
+    has_keys = enqueue_needs_transaction(dedup_keys)
     plain = not has_keys and delay_seconds == 0 and priority == 0
-    if not (plain and len(payloads) > COPY_THRESHOLD):
-        # Small or special batches: validate everything before touching the database.
-        encoded = encode_payloads(payloads, model=model, max_bytes=queue.max_payload_bytes)
-    rows = yield Statement(q.message_id_allocate, {"count": len(payloads)})
-    ids: list[int] = sorted(rows[0][0])
     if plain and len(payloads) > COPY_THRESHOLD:
+        # Payloads are encoded while the COPY streams: a bad one aborts the COPY, whole.
+        ids = yield from reserve_ids(q, reservoir, len(payloads))
         yield CopyIn(q.message_copy, copy_chunks(ids, queue, payloads, model))
-        result = ids
-    else:
-        result = yield from _insert_many(
-            q, queue, ids, encoded, delay_seconds, priority, dedup_keys
-        )
-    yield Statement(q.notify_queue, {"channel": channel, "payload": queue.name})
-    return result
+        return ids
+    # Small or special batches: validate everything before touching the database.
+    encoded = encode_payloads(payloads, model=model, max_bytes=queue.max_payload_bytes)
+    ids = yield from reserve_ids(q, reservoir, len(payloads))
+    return (yield from _insert_many(q, queue, ids, encoded, delay_seconds, priority, dedup_keys))
 
 
 def _insert_many(
@@ -339,17 +355,13 @@ def _decode_loose(value: Any, model: type[pydantic.BaseModel] | None) -> Any:
         return value
 
 
-def requeue_dead(
-    q: Queries, queue: QueueInfo, ids: Sequence[int] | None, channel: str
-) -> Plan[int]:
+def requeue_dead(q: Queries, queue: QueueInfo, ids: Sequence[int] | None) -> Plan[int]:
+    """Dead letters back into the queue; the insert's trigger wakes the workers."""
     rows = yield Statement(
         q.dead_letter_requeue,
         {"queue_id": queue.id, "ids": None if ids is None else list(ids)},
     )
-    count = int(rows[0][0])
-    if count:
-        yield Statement(q.notify_queue, {"channel": channel, "payload": queue.name})
-    return count
+    return int(rows[0][0])
 
 
 def single_count(sql_text: str, queue: QueueInfo) -> Plan[int]:

@@ -62,7 +62,7 @@ class Queue(_QueueBase[P]):
         dedup_keys: Sequence[str | None] | None = None,
         conn: psycopg.Connection[Any] | None = None,
     ) -> list[int]:
-        """Writes every payload in one transaction (or in ``conn``'s); ids in input order."""
+        """Writes every payload or none (in ``conn``'s transaction if given); ids in input order."""
         plan = ops.batch_enqueue(
             self._q(),
             self.info,
@@ -71,9 +71,11 @@ class Queue(_QueueBase[P]):
             delay=delay,
             priority=priority,
             dedup_keys=dedup_keys,
-            channel=self.client.channel,
+            reservoir=self.client.ids,
         )
-        return self.client.db.run(plan, conn=conn)
+        return self.client.db.run(
+            plan, conn=conn, transaction=ops.enqueue_needs_transaction(dedup_keys)
+        )
 
     def enqueue(
         self,
@@ -149,7 +151,7 @@ class Queue(_QueueBase[P]):
 
     def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
         """Dead letters back into the queue with attempts reset; how many (all if ids is None)."""
-        return self.client.db.run(ops.requeue_dead(self._q(), self.info, ids, self.client.channel))
+        return self.client.db.run(ops.requeue_dead(self._q(), self.info, ids))
 
     def purge_dead(self) -> int:
         return self.client.db.run(ops.single_count(self._q().dead_letter_purge, self.info))
@@ -212,9 +214,11 @@ class AsyncQueue(_QueueBase[P]):
             delay=delay,
             priority=priority,
             dedup_keys=dedup_keys,
-            channel=self.client.channel,
+            reservoir=self.client.ids,
         )
-        return await self.client.db.run(plan, conn=conn)
+        return await self.client.db.run(
+            plan, conn=conn, transaction=ops.enqueue_needs_transaction(dedup_keys)
+        )
 
     async def enqueue(
         self,
@@ -286,9 +290,7 @@ class AsyncQueue(_QueueBase[P]):
         )
 
     async def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
-        return await self.client.db.run(
-            ops.requeue_dead(self._q(), self.info, ids, self.client.channel)
-        )
+        return await self.client.db.run(ops.requeue_dead(self._q(), self.info, ids))
 
     async def purge_dead(self) -> int:
         return await self.client.db.run(ops.single_count(self._q().dead_letter_purge, self.info))

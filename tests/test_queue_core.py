@@ -261,3 +261,38 @@ def test_archives_notify_the_done_channel_only_while_results_are_awaited(pg_dsn,
         queue.archive_many(queue.dequeue_many(2))
         [note] = list(listener.notifies(timeout=2, stop_after=1))
         assert note.payload == "jobs"
+
+
+def test_enqueue_wakes_listeners_once_per_statement_and_only_at_commit(pg_dsn, client, queue):
+    other = client.create_queue("other")
+    with psycopg.connect(pg_dsn, autocommit=True) as listener:
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(client.channel)))
+        queue.batch_enqueue([{"i": i} for i in range(500)])  # the COPY path
+        other.enqueue({"i": 0})  # the INSERT path
+        notes = list(listener.notifies(timeout=0.5))
+        assert [n.payload for n in notes] == ["jobs", "other"]  # one per statement, not per row
+        with psycopg.connect(pg_dsn) as conn:
+            queue.batch_enqueue([{"tx": 1}] * 100, conn=conn)
+            assert list(listener.notifies(timeout=0.3)) == []  # not before the commit
+            conn.rollback()
+        assert list(listener.notifies(timeout=0.3)) == []  # a rolled-back enqueue wakes nobody
+
+
+def test_ids_come_from_reserved_blocks_unique_across_clients(pg_dsn, schema, client, queue):
+    from pgbatch.ids import ID_BLOCK
+
+    with client.db.connection() as conn:
+        [increment] = conn.execute(
+            "SELECT increment_by FROM pg_sequences WHERE schemaname = %s"
+            " AND sequencename = 'message_id_seq'",
+            (schema,),
+        ).fetchone()
+    assert increment == ID_BLOCK  # the migration and pgbatch.ids agree on the block size
+    with pgbatch.connect(pg_dsn, schema=schema, max_size=2) as second:
+        theirs = second.queue("jobs")
+        ids = []
+        for size in (1, 999, 1500, 3, 70):
+            ids += queue.batch_enqueue([{"n": n} for n in range(size)])
+            ids += theirs.batch_enqueue([{"n": n} for n in range(size)])
+    assert len(set(ids)) == len(ids) == 2 * (1 + 999 + 1500 + 3 + 70)
+    assert queue.stats().ready == len(ids)

@@ -1,8 +1,10 @@
 """Where the enqueue path spends its time, and what the alternatives would gain.
 
 pgbatch's operations are sans-IO plans (``pgbatch.operations``): ``batch_enqueue`` yields
-its statements and its COPY step. This scenario drives that plan with a small driver of its
-own on a plain psycopg connection, so that each part can be timed or swapped:
+its id reservation (only when the client's reservoir runs short) and its COPY step, run
+without an explicit transaction (a COPY alone is atomic; workers are woken by the table's
+statement trigger). This scenario drives that plan with a small driver of its own on a
+plain psycopg connection, so that each part can be timed or swapped:
 
 - build only: the statements run, the COPY data is produced but never sent (the Python
   work: serialisation and COPY text);
@@ -10,21 +12,17 @@ own on a plain psycopg connection, so that each part can be timed or swapped:
   PostgreSQL, libpq and the network cost with no Python work in the loop);
 - ways to send the COPY data while it is built: a plain ``copy.write`` per chunk (the
   socket buffer lets client and server overlap), psycopg's ``QueuedLibpqWriter`` (a writer
-  thread, what pgbatch.db uses at the time of writing), one ``write`` per batch;
-- changes to the plan: ids drawn in blocks of 1,000 (one ``nextval`` per batch instead of
-  one per message); no explicit transaction (a COPY alone is atomic; the wake-up NOTIFY
-  then follows it in its own statement); and COPY alone, with ids from a reservoir the
-  client holds and the wake-up sent by a statement-level trigger (plain, or naming the
-  queues from a transition table);
+  thread, what pgbatch.db uses), one ``write`` per batch;
 - the public ``Queue.batch_enqueue``, a cProfile of it, and limit (a) in the same round:
   each way of enqueueing is compared with it (the share of its throughput).
+
+Ids in blocks, no BEGIN/COMMIT and the trigger's NOTIFY were alternatives measured here
+before migration 0003 made them pgbatch's own path (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import cProfile
-import itertools
-import math
 import pstats
 import statistics
 import time
@@ -48,8 +46,6 @@ from pgbatch.db import configure_adapters
 PUBLIC = "Queue.batch_enqueue (public API)"
 LIMIT = "PostgreSQL alone: INSERT 1,000 rows/txn (µs per row)"
 ENQUEUE_TARGET = 0.8
-ID_BLOCK = 1000
-RESERVOIR_START = 10**12  # far above what the schema's own sequence hands out
 Sender = Callable[[psycopg.Cursor[Any], str, Iterable[bytes]], None]
 
 
@@ -76,10 +72,6 @@ class Variant:
     label: str
     send: Sender | None  # None: build the COPY data, send nothing
     replay: bool = False  # send the data built by the build-only variant instead
-    ids: str = "statement"  # the plan's statement, "blocks", or a client-side "reservoir"
-    transaction: bool = True
-    notify_step: bool = True  # False: the plan's NOTIFY statement is skipped...
-    setup: str | None = None  # ...because this helper made the table notify by itself
 
 
 VARIANTS = (
@@ -88,26 +80,6 @@ VARIANTS = (
     Variant("send while building: plain copy.write per chunk", send_chunks),
     Variant("send while building: QueuedLibpqWriter (writer thread)", send_queued),
     Variant("send while building: one copy.write per batch", send_one_write),
-    Variant("plain writes + ids in blocks of 1,000", send_chunks, ids="blocks"),
-    Variant(
-        "plain writes + id blocks + no BEGIN/COMMIT", send_chunks, ids="blocks", transaction=False
-    ),
-    Variant(
-        "COPY alone: plain writes, id reservoir, NOTIFY by statement trigger",
-        send_chunks,
-        ids="reservoir",
-        transaction=False,
-        notify_step=False,
-        setup="notify_trigger_statement",
-    ),
-    Variant(
-        "the same, trigger naming the queues (transition table)",
-        send_chunks,
-        ids="reservoir",
-        transaction=False,
-        notify_step=False,
-        setup="notify_trigger_transition",
-    ),
 )
 
 
@@ -134,23 +106,8 @@ class PlanDriver:
     ) -> None:
         self.conn, self.variant, self.timings = conn, variant, timings
         self.names = {getattr(client.queries, n): n for n in client.queries.names()}
-        self.allocate_sql = client.queries.message_id_allocate
-        self.notify_sql = client.queries.notify_queue
-        self.block_sql = db.helper("id_block_allocate", client.schema)
-        self.reservoir = itertools.count(RESERVOIR_START)
 
     def run(self, plan: ops.Plan[Any], replay: list[bytes] | None) -> None:
-        start = time.perf_counter()
-        before = sum(self.timings.steps.values())
-        if self.variant.transaction:
-            with self.conn.transaction():
-                self._drive(plan, replay)
-        else:
-            self._drive(plan, replay)
-        steps = sum(self.timings.steps.values()) - before
-        self.timings.add("BEGIN + COMMIT", time.perf_counter() - start - steps)
-
-    def _drive(self, plan: ops.Plan[Any], replay: list[bytes] | None) -> None:
         rows: list[ops.Row] | None = None
         try:
             while True:
@@ -165,31 +122,12 @@ class PlanDriver:
             if isinstance(step, ops.CopyIn):
                 name = self._copy(cur, step, replay)
                 rows: list[ops.Row] = []
-            elif step.sql == self.allocate_sql and self.variant.ids != "statement":
-                name, rows = self._other_ids(cur, step)
-            elif step.sql == self.notify_sql and not self.variant.notify_step:
-                return []
             else:
                 cur.execute(step.sql, step.params)
                 rows = cur.fetchall() if cur.description is not None else []
                 name = self.names.get(step.sql, "other statement")
         self.timings.add(name, time.perf_counter() - start)
         return rows
-
-    def _other_ids(
-        self, cur: psycopg.Cursor[Any], step: ops.Statement
-    ) -> tuple[str, list[ops.Row]]:
-        """Ids drawn in blocks (one nextval per 1,000), or from a reservoir the client holds
-        (one round trip per many batches in a real client; none here)."""
-        count = int((step.params or {})["count"])
-        if self.variant.ids == "reservoir":
-            return "ids from a client-side reservoir", [
-                ([next(self.reservoir) for _ in range(count)],)
-            ]
-        cur.execute(self.block_sql, {"blocks": math.ceil(count / ID_BLOCK)})
-        blocks = cur.fetchall()[0][0]
-        ids = [b * ID_BLOCK + i for b in blocks for i in range(ID_BLOCK)][:count]
-        return "ids in blocks (one nextval per block)", [(ids,)]
 
     def _copy(self, cur: psycopg.Cursor[Any], step: ops.CopyIn, replay: list[bytes] | None) -> str:
         if self.variant.send is None:
@@ -223,7 +161,7 @@ def drive_variant(
                     delay=None,
                     priority=0,
                     dedup_keys=None,
-                    channel=client.channel,
+                    reservoir=client.ids,
                 )
                 driver.run(plan, built[index] if variant.replay and built else None)
             return time.perf_counter() - start, timings
@@ -244,18 +182,13 @@ def profile_round(dsn: str, count: int, batch_size: int) -> ProfileRound:
     for variant in VARIANTS:
         with db.fresh_schema(dsn, "profile") as schema:
             db.create_bench_queue(dsn, schema)
-            with db.connect(dsn) as conn:
-                conn.execute(db.helper("id_block_sequence_create", schema))
-                if variant.setup:
-                    conn.execute(db.helper(variant.setup, schema))
             seconds, timings = drive_variant(dsn, schema, batches, variant, built)
         if variant.send is None:
             built = timings.built  # replayed by the next variant
         found.per_message[variant.label] = seconds / count * 1e6
         for name, step_seconds in timings.steps.items():
             # Each step as first met: the build-only run has the plan's own statements.
-            if variant.transaction or name != "BEGIN + COMMIT":
-                found.steps.setdefault(name, step_seconds / count * 1e6)
+            found.steps.setdefault(name, step_seconds / count * 1e6)
     found.per_message[PUBLIC] = _public_seconds(dsn, batches) / count * 1e6
     if find_pgbench() is not None:
         rate = insert_rate(dsn, rows_per_transaction=batch_size, transactions=len(batches))

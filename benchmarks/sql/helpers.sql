@@ -47,13 +47,6 @@ ORDER BY name;
 -- name: server_version
 SELECT current_setting('server_version');
 
--- name: id_block_sequence_create
--- For the enqueue profile's alternative: one nextval hands out a block of 1,000 ids.
-CREATE SEQUENCE {schema}.message_id_block_seq AS bigint;
-
--- name: id_block_allocate
-SELECT array(SELECT nextval({message_id_block_seq}) FROM generate_series(1, %(blocks)s));
-
 -- name: bench_user_create_table
 -- The transparent-batching scenario's "create user": a row per call.
 CREATE TABLE {schema}.bench_user (
@@ -75,29 +68,3 @@ INSERT INTO {schema}.bench_user (name, email) VALUES (%(name)s, %(email)s) RETUR
 
 -- name: bench_user_count
 SELECT count(*) FROM {schema}.bench_user;
-
--- name: notify_trigger_statement
--- For the enqueue profile's alternative: one wake-up per INSERT/COPY statement, fired by the
--- table itself (no payload: a listener would wake every queue of the schema).
-CREATE FUNCTION {schema}.bench_notify_statement() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('bench_' || TG_TABLE_SCHEMA, '');
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER message_notify AFTER INSERT ON {schema}.message
-FOR EACH STATEMENT EXECUTE FUNCTION {schema}.bench_notify_statement();
-
--- name: notify_trigger_transition
--- The same with the names of the queues written to, read from a transition table.
-CREATE FUNCTION {schema}.bench_notify_queues() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('bench_' || TG_TABLE_SCHEMA, q.name)
-    FROM (SELECT DISTINCT queue_id FROM new_rows) AS n
-    JOIN {schema}.queue AS q ON q.id = n.queue_id;
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER message_notify AFTER INSERT ON {schema}.message
-REFERENCING NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION {schema}.bench_notify_queues();

@@ -1,5 +1,6 @@
--- name: message_id_allocate
--- Ids drawn ahead of COPY so batch_enqueue returns them in input order.
+-- name: message_id_blocks
+-- Reserves blocks of ids (each nextval is the first of pgbatch.ids.ID_BLOCK ids, see
+-- migration 0003), drawn ahead of COPY so batch_enqueue returns ids in input order.
 SELECT array(SELECT nextval({message_id_seq}) FROM generate_series(1, %(count)s));
 
 -- name: message_copy
