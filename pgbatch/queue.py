@@ -26,9 +26,35 @@ Duration = float | timedelta
 
 
 class _QueueBase(Generic[P]):
+    client: Client | AsyncClient
+
     def __init__(self, info: QueueInfo, model: type[pydantic.BaseModel] | None) -> None:
         self.info = info
         self.model = model
+
+    def _q(self) -> Any:
+        return self.client.queries
+
+    def _target(self) -> ops.Target:
+        return ops.Target(self.info.name, self.client.done_channel)
+
+    def _enqueue_plan(
+        self,
+        payloads: Sequence[Any],
+        delay: Duration | None,
+        priority: int,
+        dedup_keys: Sequence[str | None] | None,
+    ) -> ops.Plan[list[int]]:
+        return ops.batch_enqueue(
+            self._q(),
+            self.info,
+            payloads,
+            model=self.model,
+            delay=delay,
+            priority=priority,
+            dedup_keys=dedup_keys,
+            reservoir=self.client.ids,
+        )
 
     @property
     def name(self) -> str:
@@ -41,17 +67,13 @@ class _QueueBase(Generic[P]):
 class Queue(_QueueBase[P]):
     """A queue on a sync Client. Get one from ``client.create_queue`` or ``client.queue``."""
 
+    client: Client
+
     def __init__(
         self, client: Client, info: QueueInfo, model: type[pydantic.BaseModel] | None = None
     ) -> None:
         super().__init__(info, model)
         self.client = client
-
-    def _q(self) -> Any:
-        return self.client.queries
-
-    def _target(self) -> ops.Target:
-        return ops.Target(self.info.name, self.client.done_channel)
 
     def batch_enqueue(
         self,
@@ -63,16 +85,7 @@ class Queue(_QueueBase[P]):
         conn: psycopg.Connection[Any] | None = None,
     ) -> list[int]:
         """Writes every payload or none (in ``conn``'s transaction if given); ids in input order."""
-        plan = ops.batch_enqueue(
-            self._q(),
-            self.info,
-            payloads,
-            model=self.model,
-            delay=delay,
-            priority=priority,
-            dedup_keys=dedup_keys,
-            reservoir=self.client.ids,
-        )
+        plan = self._enqueue_plan(payloads, delay, priority, dedup_keys)
         return self.client.db.run(
             plan, conn=conn, transaction=ops.enqueue_needs_transaction(dedup_keys)
         )
@@ -185,17 +198,13 @@ class Queue(_QueueBase[P]):
 class AsyncQueue(_QueueBase[P]):
     """The async twin of Queue, on an AsyncClient."""
 
+    client: AsyncClient
+
     def __init__(
         self, client: AsyncClient, info: QueueInfo, model: type[pydantic.BaseModel] | None = None
     ) -> None:
         super().__init__(info, model)
         self.client = client
-
-    def _q(self) -> Any:
-        return self.client.queries
-
-    def _target(self) -> ops.Target:
-        return ops.Target(self.info.name, self.client.done_channel)
 
     async def batch_enqueue(
         self,
@@ -206,16 +215,7 @@ class AsyncQueue(_QueueBase[P]):
         dedup_keys: Sequence[str | None] | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> list[int]:
-        plan = ops.batch_enqueue(
-            self._q(),
-            self.info,
-            payloads,
-            model=self.model,
-            delay=delay,
-            priority=priority,
-            dedup_keys=dedup_keys,
-            reservoir=self.client.ids,
-        )
+        plan = self._enqueue_plan(payloads, delay, priority, dedup_keys)
         return await self.client.db.run(
             plan, conn=conn, transaction=ops.enqueue_needs_transaction(dedup_keys)
         )
