@@ -5,7 +5,8 @@ Modes:
 - ``worker-drain``: ``App.run_worker(until_empty=True)``.
 - ``worker-serve``: ``App.run_worker()``, idle until messages come, until SIGTERM.
 
-The worker modes take a handler from the config: ``noop``; ``slow`` (async, awaits a call
+The worker modes take a handler from the config: ``noop`` (sync, so run in a thread) or
+``noop_async`` (on the event loop); ``slow`` (async, awaits a call
 of ``call_seconds`` per message, gathered); ``record`` (async, notes when it starts on each
 message, reported as ``started``: [[id, unix time], ...]); ``create_users`` (async,
 transactional: inserts its batch's users with one statement, each user id as the result).
@@ -86,6 +87,9 @@ class Handlers:
         self.started: list[tuple[int, float]] = []
 
     def noop(self, batch: Any) -> None:
+        self.handled += len(batch)
+
+    async def noop_async(self, batch: Any) -> None:
         self.handled += len(batch)
 
     async def slow(self, batch: Any) -> None:

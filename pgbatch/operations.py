@@ -273,9 +273,17 @@ def archive_many(
         if results is not None
         else [None] * len(messages)
     )
-    rows = yield Statement(
-        q.message_archive_many, {**_fence(messages), **target.params(), "results": encoded}
-    )
+    fence = _fence(messages)
+    token = fence["tokens"][0]
+    if all(t == token for t in fence["tokens"]) and all(r is None for r in encoded):
+        statement = Statement(
+            q.message_archive_same_lease, {"ids": fence["ids"], "token": token, **target.params()}
+        )
+    else:
+        statement = Statement(
+            q.message_archive_many, {**fence, **target.params(), "results": encoded}
+        )
+    rows = yield statement
     return [row[0] for row in rows]
 
 

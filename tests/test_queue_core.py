@@ -296,3 +296,17 @@ def test_ids_come_from_reserved_blocks_unique_across_clients(pg_dsn, schema, cli
             ids += theirs.batch_enqueue([{"n": n} for n in range(size)])
     assert len(set(ids)) == len(ids) == 2 * (1 + 999 + 1500 + 3 + 70)
     assert queue.stats().ready == len(ids)
+
+
+def test_archive_fences_each_message_by_its_own_lease_whatever_the_mix(client, queue):
+    queue.batch_enqueue([{"i": i} for i in range(6)])
+    first, second = queue.dequeue_many(3), queue.dequeue_many(3)
+    expire_leases(client, [first[0].id])
+    [taken_over] = queue.dequeue_many(1)  # first[0] now belongs to another delivery
+    assert taken_over.id == first[0].id
+    # One lease token (the fast statement) with a stale member, then two tokens mixed.
+    assert sorted(queue.archive_many(first)) == sorted(m.id for m in first[1:])
+    assert sorted(queue.archive_many([*second, taken_over])) == sorted(
+        [taken_over.id, *(m.id for m in second)]
+    )
+    assert queue.stats().archived == 6 and queue.stats().leased == 0
