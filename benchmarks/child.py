@@ -85,6 +85,15 @@ class Handlers:
         self.call_seconds = float(config.get("call_seconds", 0.0))
         self.handled = 0
         self.started: list[tuple[int, float]] = []
+        self._insert_users: bytes | None = None
+
+    @property
+    def insert_users(self) -> bytes:
+        if self._insert_users is None:
+            from benchmarks.database import helper
+
+            self._insert_users = helper("bench_user_insert_many", self.schema)
+        return self._insert_users
 
     def noop(self, batch: Any) -> None:
         self.handled += len(batch)
@@ -105,8 +114,6 @@ class Handlers:
 
     async def create_users(self, batch: Any) -> None:
         """Transactional: creates the batch's users with one statement, each id its result."""
-        from benchmarks.database import helper
-
         messages = list(batch)
         params = {
             "message_ids": [m.id for m in messages],
@@ -114,7 +121,7 @@ class Handlers:
             "emails": [m.payload.get("email", f"warm-up-{m.id}") for m in messages],
         }
         async with batch.conn.cursor() as cur:
-            await cur.execute(helper("bench_user_insert_many", self.schema), params)
+            await cur.execute(self.insert_users, params)
             user_ids = dict(await cur.fetchall())
         for message in messages:
             batch.complete(message, user_ids[message.id])

@@ -59,7 +59,7 @@ CREATE TABLE {schema}.bench_user (
 -- name: bench_user_insert_many
 -- A batch handler creates its whole batch of users with one statement.
 INSERT INTO {schema}.bench_user (message_id, name, email)
-SELECT * FROM unnest(%(message_ids)s::bigint[], %(names)s::text[], %(emails)s::text[])
+SELECT * FROM unnest(%(message_ids)b::bigint[], %(names)b::text[], %(emails)b::text[])
 RETURNING message_id, id;
 
 -- name: bench_user_insert_one
