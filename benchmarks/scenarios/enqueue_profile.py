@@ -11,8 +11,8 @@ plain psycopg connection, so that each part can be timed or swapped:
 - ready-made bytes: the same statements and COPY, with bytes built beforehand (what
   PostgreSQL, libpq and the network cost with no Python work in the loop);
 - ways to send the COPY data while it is built: a plain ``copy.write`` per chunk (the
-  socket buffer lets client and server overlap), psycopg's ``QueuedLibpqWriter`` (a writer
-  thread, what pgbatch.db uses), one ``write`` per batch;
+  socket buffer lets client and server overlap; what pgbatch.db does), psycopg's
+  ``QueuedLibpqWriter`` (a writer thread), one ``write`` per batch;
 - the public ``Queue.batch_enqueue``, a cProfile of it, and limit (a) in the same round:
   each way of enqueueing is compared with it (the share of its throughput).
 
