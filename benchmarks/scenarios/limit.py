@@ -15,6 +15,7 @@ from benchmarks.scenarios import Skip, scenario
 
 INSERT_SCRIPT = "limit_insert.sql"
 LEASE_SCRIPT = "limit_lease_archive.sql"
+BATCH_LEASE_SCRIPT = "limit_batch_lease.sql"
 LEASE_BATCH = 100
 
 
@@ -56,6 +57,48 @@ def lease_archive_rate(dsn: str, *, batch: int, clients: int, messages: int) -> 
     if archived != moved:
         raise PgbenchError(f"limit lease-then-archive archived {archived} of {moved}")
     return run.scripts_per_second * batch
+
+
+def batch_lease_rate(dsn: str, *, batch: int, clients: int, messages: int) -> float:
+    """Limit (d): messages/s through the alternative layout, where a consumer claims and
+    completes a whole id range with one row each (no write per message after the insert)."""
+    per_client = max(1, messages // (batch * clients))
+    moved = per_client * batch * clients
+    with db.fresh_schema(dsn, "layout") as schema, db.connect(dsn) as conn:
+        queue_id = db.create_bench_queue(dsn, schema)
+        conn.execute(db.helper("batch_layout_create", schema))
+        params = {"queue_id": queue_id, "count": moved + batch * clients}
+        conn.execute(db.helper("batch_layout_fill", schema), params)
+        conn.execute(db.helper("batch_layout_cursor_create", schema), params)
+        conn.execute(db.helper("batch_layout_vacuum", schema))
+        run = run_script(
+            dsn,
+            schema,
+            BATCH_LEASE_SCRIPT,
+            clients=clients,
+            scripts_per_client=per_client,
+            variables={"queue_id": queue_id, "batch": batch},
+        )
+        done = int(db.scalar(dsn, db.helper("batch_layout_done_count", schema)))
+    if done != moved:
+        raise PgbenchError(f"limit batch-lease layout completed {done} of {moved}")
+    return run.scripts_per_second * batch
+
+
+def batch_lease_case(ctx: Context, key: str, clients: int) -> Case:
+    return Case(
+        key,
+        f"alternative layout in plain SQL (batch leases): lease {LEASE_BATCH} then complete,"
+        f" {clients} client{'s' * (clients > 1)}",
+        "msg/s",
+        functools.partial(
+            batch_lease_rate,
+            ctx.dsn,
+            batch=LEASE_BATCH,
+            clients=clients,
+            messages=ctx.sizes.messages,
+        ),
+    )
 
 
 def require_pgbench() -> None:
@@ -111,6 +154,8 @@ def limit(ctx: Context, result: ScenarioResult) -> None:
                 ),
             ),
             lease_case(ctx, "limit.lease_archive_1.c1", 1, batch=1),
+            batch_lease_case(ctx, "limit.batch_lease_100.c1", 1),
+            batch_lease_case(ctx, "limit.batch_lease_100.c2", 2),
         ],
     )
     result.comparisons += [
@@ -122,12 +167,20 @@ def limit(ctx: Context, result: ScenarioResult) -> None:
             "limit.lease_archive_100.c1",
             "limit.lease_archive_1.c1",
         ),
+        Comparison(
+            "alternative layout (d) vs the naive loop (b), 2 clients",
+            "limit.batch_lease_100.c2",
+            "limit.lease_archive_100.c2",
+        ),
     ]
     result.notes.append(
         "(a) ids from the queue's sequence, payloads cast from JSON text to jsonb as COPY does;"
         " (b) two transactions per batch (lease: UPDATE ... FROM (SELECT ... FOR UPDATE SKIP"
         " LOCKED) returning the payloads; archive: DELETE ... RETURNING into INSERT archive),"
-        " from a ready backlog vacuumed before each run; (c) the same one row per transaction."
+        " from a ready backlog vacuumed before each run; (c) the same one row per transaction;"
+        " (d) an alternative layout, PgQ-style batch leases (a per-queue claim cursor, one"
+        " lease row per batch, completion by one update of it; messages never updated or"
+        " moved), from the same backlog: the write pattern a redesign would have."
         " pgbench -M prepared. The enqueue and drain scenarios rerun the limit they compare"
         " with in their own rounds."
     )

@@ -68,3 +68,43 @@ INSERT INTO {schema}.bench_user (name, email) VALUES (%(name)s, %(email)s) RETUR
 
 -- name: bench_user_count
 SELECT count(*) FROM {schema}.bench_user;
+
+-- name: batch_layout_create
+-- The alternative layout measured by limit (d), PgQ-style: messages are never updated or
+-- moved; a consumer claims the next id range of a queue by moving a per-queue cursor, and
+-- leases and completes the whole range with one row. Only what this benchmark needs: the
+-- write pattern per batch, from a backlog of committed messages (a real design must also
+-- order claims by commit, as PgQ's ticks do, and keep per-message failures beside it).
+CREATE TABLE {schema}.batch_event (
+    id          bigint PRIMARY KEY,
+    queue_id    integer NOT NULL,
+    enqueued_at timestamptz NOT NULL DEFAULT now(),
+    payload     jsonb NOT NULL
+);
+CREATE TABLE {schema}.batch_cursor (
+    queue_id integer PRIMARY KEY,
+    position bigint NOT NULL
+) WITH (fillfactor = 10);
+CREATE TABLE {schema}.batch_lease (
+    token        bigint PRIMARY KEY,
+    queue_id     integer NOT NULL,
+    low          bigint NOT NULL,
+    high         bigint NOT NULL,
+    leased_until timestamptz NOT NULL,
+    done_at      timestamptz
+) WITH (fillfactor = 50);
+
+-- name: batch_layout_fill
+-- The same backlog as backlog_insert, in the alternative layout.
+INSERT INTO {schema}.batch_event (id, queue_id, payload)
+SELECT n, %(queue_id)s, jsonb_build_object('user_id', n, 'email', 'u' || n || '@example.com')
+FROM generate_series(1, %(count)s) AS n;
+
+-- name: batch_layout_cursor_create
+INSERT INTO {schema}.batch_cursor (queue_id, position) VALUES (%(queue_id)s, 0);
+
+-- name: batch_layout_vacuum
+VACUUM (ANALYZE) {schema}.batch_event;
+
+-- name: batch_layout_done_count
+SELECT coalesce(sum(high - low), 0) FROM {schema}.batch_lease WHERE done_at IS NOT NULL;
