@@ -7,6 +7,7 @@ Each run gets a fresh pgbatch schema, so the tables, indexes and settings are pg
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 from benchmarks import database as db
 from benchmarks.harness import Case, Comparison, Context, ScenarioResult
@@ -37,52 +38,69 @@ def insert_rate(dsn: str, *, rows_per_transaction: int, transactions: int) -> fl
     return run.scripts_per_second * rows_per_transaction
 
 
-def lease_archive_rate(dsn: str, *, batch: int, clients: int, messages: int) -> float:
-    """Messages/s moved from a ready backlog to the archive by the naive two-step loop."""
-    per_client = max(1, messages // (batch * clients))
-    moved = per_client * batch * clients
-    with db.fresh_schema(dsn, "limit") as schema:
-        queue_id = db.create_bench_queue(dsn, schema)
-        # One spare batch per client: a lease must never come back empty (pgbench's \gset).
-        db.fill_backlog(dsn, schema, queue_id, moved + batch * clients)
-        run = run_script(
+@dataclass(frozen=True, slots=True)
+class ConsumerWork:
+    """A fixed amount of consumer work: whole batches per client, and a spare batch per client
+    in the backlog so that a lease never comes back empty (pgbench's \\gset needs a row)."""
+
+    batch: int
+    clients: int
+    messages: int
+
+    @property
+    def per_client(self) -> int:
+        return max(1, self.messages // (self.batch * self.clients))
+
+    @property
+    def moved(self) -> int:
+        return self.per_client * self.batch * self.clients
+
+    @property
+    def backlog(self) -> int:
+        return self.moved + self.batch * self.clients
+
+    def run(self, dsn: str, schema: str, script: str, queue_id: int) -> float:
+        """Runs the script for this work; messages/s."""
+        done = run_script(
             dsn,
             schema,
-            LEASE_SCRIPT,
-            clients=clients,
-            scripts_per_client=per_client,
-            variables={"queue_id": queue_id, "batch": batch},
+            script,
+            clients=self.clients,
+            scripts_per_client=self.per_client,
+            variables={"queue_id": queue_id, "batch": self.batch},
         )
+        return done.scripts_per_second * self.batch
+
+
+def lease_archive_rate(dsn: str, *, batch: int, clients: int, messages: int) -> float:
+    """Messages/s moved from a ready backlog to the archive by the naive two-step loop."""
+    work = ConsumerWork(batch, clients, messages)
+    with db.fresh_schema(dsn, "limit") as schema:
+        queue_id = db.create_bench_queue(dsn, schema)
+        db.fill_backlog(dsn, schema, queue_id, work.backlog)
+        rate = work.run(dsn, schema, LEASE_SCRIPT, queue_id)
         archived = db.count(dsn, schema, "archive")
-    if archived != moved:
-        raise PgbenchError(f"limit lease-then-archive archived {archived} of {moved}")
-    return run.scripts_per_second * batch
+    if archived != work.moved:
+        raise PgbenchError(f"limit lease-then-archive archived {archived} of {work.moved}")
+    return rate
 
 
 def batch_lease_rate(dsn: str, *, batch: int, clients: int, messages: int) -> float:
     """Limit (d): messages/s through the alternative layout, where a consumer claims and
     completes a whole id range with one row each (no write per message after the insert)."""
-    per_client = max(1, messages // (batch * clients))
-    moved = per_client * batch * clients
+    work = ConsumerWork(batch, clients, messages)
     with db.fresh_schema(dsn, "layout") as schema, db.connect(dsn) as conn:
         queue_id = db.create_bench_queue(dsn, schema)
         conn.execute(db.helper("batch_layout_create", schema))
-        params = {"queue_id": queue_id, "count": moved + batch * clients}
+        params = {"queue_id": queue_id, "count": work.backlog}
         conn.execute(db.helper("batch_layout_fill", schema), params)
         conn.execute(db.helper("batch_layout_cursor_create", schema), params)
         conn.execute(db.helper("batch_layout_vacuum", schema))
-        run = run_script(
-            dsn,
-            schema,
-            BATCH_LEASE_SCRIPT,
-            clients=clients,
-            scripts_per_client=per_client,
-            variables={"queue_id": queue_id, "batch": batch},
-        )
+        rate = work.run(dsn, schema, BATCH_LEASE_SCRIPT, queue_id)
         done = int(db.scalar(dsn, db.helper("batch_layout_done_count", schema)))
-    if done != moved:
-        raise PgbenchError(f"limit batch-lease layout completed {done} of {moved}")
-    return run.scripts_per_second * batch
+    if done != work.moved:
+        raise PgbenchError(f"limit batch-lease layout completed {done} of {work.moved}")
+    return rate
 
 
 def batch_lease_case(ctx: Context, key: str, clients: int) -> Case:
