@@ -305,7 +305,7 @@ def test_a_held_snapshot_degrades_then_recovers_and_health_warns(
         f"\n  health warned while held: {warned}"
     )
     assert any("xmin horizon" in w for w in warned)
-    assert not any("xmin horizon" in w for w in after.warnings)
+    assert not any("xmin horizon" in w for w in after.warnings), after.warnings
     assert phases["before"] and phases["held"] and phases["after"]
     # Vacuum cannot remove dead tuples while the snapshot is held; once it is gone they go.
     assert max(dead(held, released)) > max(dead(started, held))

@@ -81,6 +81,11 @@ SELECT kind, holder, xmin_age, seconds, detail FROM (
     FROM pg_catalog.pg_stat_activity a
     WHERE a.backend_xmin IS NOT NULL AND a.pid <> pg_backend_pid()
       AND (a.datname = current_database() OR a.backend_type = 'walsender')
+      -- A running VACUUM holds back no other vacuum (lazy vacuum is left out of the horizon),
+      -- and autovacuum is the server's own: neither is a holder worth a warning. They run
+      -- longest right after a real holder lets go, with the most dead tuples to remove.
+      AND a.backend_type <> 'autovacuum worker'
+      AND NOT (a.state = 'active' AND a.query ~* '^\s*vacuum\M')
     UNION ALL
     SELECT 'prepared transaction', p.gid, age(p.transaction)::bigint,
            extract(epoch FROM now() - p.prepared)::double precision, p.owner::text
