@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections import deque
 from collections.abc import Iterable
 
 __all__ = ["ID_BLOCK", "IdReservoir"]
@@ -32,19 +33,24 @@ class IdReservoir:
         self._pid = os.getpid()
         self._next = 0
         self._end = 0  # exclusive end of the current block
-        self._blocks: list[int] = []
+        self._blocks: deque[int] = deque()
+
+    def _forget_if_forked(self) -> None:
+        """Called with the lock held."""
+        if self._pid != os.getpid():
+            self._pid, self._next, self._end = os.getpid(), 0, 0
+            self._blocks.clear()
 
     def take(self, count: int) -> list[int] | None:
         """``count`` ids in increasing order, or None (taking nothing) when too few are left."""
         with self._lock:
-            if self._pid != os.getpid():
-                self._pid, self._next, self._end, self._blocks = os.getpid(), 0, 0, []
+            self._forget_if_forked()
             if (self._end - self._next) + ID_BLOCK * len(self._blocks) < count:
                 return None
             ids: list[int] = []
             while len(ids) < count:
                 if self._next == self._end:
-                    self._next = self._blocks.pop(0)
+                    self._next = self._blocks.popleft()
                     self._end = self._next + ID_BLOCK
                 stop = min(self._end, self._next + count - len(ids))
                 ids.extend(range(self._next, stop))
@@ -57,6 +63,5 @@ class IdReservoir:
 
     def add_blocks(self, starts: Iterable[int]) -> None:
         with self._lock:
-            if self._pid != os.getpid():
-                self._pid, self._next, self._end, self._blocks = os.getpid(), 0, 0, []
+            self._forget_if_forked()
             self._blocks.extend(sorted(starts))
