@@ -26,19 +26,10 @@ WHERE queue_id = %(queue_id)s AND dedup_key = ANY(%(dedup_keys)s::text[]);
 -- then earliest visible. Attempts are counted here, at delivery, so a handler that kills its
 -- process still reaches the dead letters: a candidate whose earlier lease expired after its
 -- final attempt goes to dead_letter instead of being handed out again.
-WITH settings AS (
-    SELECT max_attempts FROM {schema}.queue WHERE id = %(queue_id)s AND NOT paused
-),
-candidate AS (
-    -- A visible message that still carries a lease token lost its last lease unsettled:
-    -- its consumer may have crashed on it.
-    SELECT m.id, m.attempts >= s.max_attempts AS exhausted,
-           m.lease_token IS NOT NULL AS after_expired_lease
-    FROM {schema}.message m, settings s
-    WHERE m.queue_id = %(queue_id)s AND m.visible_at <= now()
-    ORDER BY m.priority DESC, m.visible_at
-    LIMIT %(limit)s
-    FOR UPDATE OF m SKIP LOCKED
+WITH candidate AS (
+    -- Chosen along the dequeue index whatever the table's statistics (migration 0004).
+    SELECT c.id, c.exhausted, c.after_expired_lease
+    FROM {schema}.message_dequeue_candidates(%(queue_id)s::integer, %(limit)s::integer) AS c
 ),
 exhausted AS (
     DELETE FROM {schema}.message m USING candidate c
