@@ -232,9 +232,8 @@ def candidate_plan(client: pgbatch.Client, queue: pgbatch.Queue[object], limit: 
                 {"queue_id": queue.info.id, "limit": limit, "lease_seconds": 30},
             )
     plans = [json.loads(n[n.index("{") :]) for n in notices if "plan:" in n]
-    [inner] = [
-        p for p in plans if "SKIP LOCKED" in p["Query Text"] and "candidate AS" not in p["Query Text"]
-    ]
+    # The function's own statement, not the dequeue that calls it.
+    [inner] = [p for p in plans if "LIMIT batch_size" in p["Query Text"]]
     return inner["Plan"]
 
 
