@@ -17,6 +17,8 @@ from benchmarks.scenarios import Skip, scenario
 INSERT_SCRIPT = "limit_insert.sql"
 LEASE_SCRIPT = "limit_lease_archive.sql"
 BATCH_LEASE_SCRIPT = "limit_batch_lease.sql"
+ORDERED_LEASE_SCRIPT = "limit_ordered_lease.sql"
+ORDERED_FILL_TRANSACTIONS = 100
 LEASE_BATCH = 100
 
 
@@ -103,6 +105,46 @@ def batch_lease_rate(dsn: str, *, batch: int, clients: int, messages: int) -> fl
     return rate
 
 
+def ordered_lease_rate(dsn: str, *, batch: int, clients: int, messages: int) -> float:
+    """Limit (e): limit (d) with claims ordered by commit (the inserting transaction's id,
+    claimed only below the snapshot's xmin), from a backlog written by many transactions."""
+    work = ConsumerWork(batch, clients, messages)
+    with db.fresh_schema(dsn, "ordered") as schema, db.connect(dsn) as conn:
+        queue_id = db.create_bench_queue(dsn, schema)
+        conn.execute(db.helper("ordered_layout_create", schema))
+        per_transaction = -(-work.backlog // ORDERED_FILL_TRANSACTIONS)
+        for low in range(1, work.backlog + 1, per_transaction):
+            high = min(low + per_transaction - 1, work.backlog)
+            with conn.transaction():
+                conn.execute(
+                    db.helper("ordered_layout_fill", schema),
+                    {"queue_id": queue_id, "low": low, "high": high},
+                )
+        conn.execute(db.helper("ordered_layout_cursor_create", schema), {"queue_id": queue_id})
+        conn.execute(db.helper("ordered_layout_vacuum", schema))
+        rate = work.run(dsn, schema, ORDERED_LEASE_SCRIPT, queue_id)
+        done = int(db.scalar(dsn, db.helper("ordered_layout_done_count", schema)))
+    if done != work.moved:
+        raise PgbenchError(f"limit commit-ordered layout completed {done} of {work.moved}")
+    return rate
+
+
+def ordered_lease_case(ctx: Context, key: str, clients: int) -> Case:
+    return Case(
+        key,
+        f"alternative layout, claims ordered by commit: lease {LEASE_BATCH} then complete,"
+        f" {clients} client{'s' * (clients > 1)}",
+        "msg/s",
+        functools.partial(
+            ordered_lease_rate,
+            ctx.dsn,
+            batch=LEASE_BATCH,
+            clients=clients,
+            messages=ctx.sizes.messages,
+        ),
+    )
+
+
 def batch_lease_case(ctx: Context, key: str, clients: int) -> Case:
     return Case(
         key,
@@ -174,6 +216,8 @@ def limit(ctx: Context, result: ScenarioResult) -> None:
             lease_case(ctx, "limit.lease_archive_1.c1", 1, batch=1),
             batch_lease_case(ctx, "limit.batch_lease_100.c1", 1),
             batch_lease_case(ctx, "limit.batch_lease_100.c2", 2),
+            ordered_lease_case(ctx, "limit.ordered_lease_100.c1", 1),
+            ordered_lease_case(ctx, "limit.ordered_lease_100.c2", 2),
         ],
     )
     result.comparisons += [
@@ -190,6 +234,11 @@ def limit(ctx: Context, result: ScenarioResult) -> None:
             "limit.batch_lease_100.c2",
             "limit.lease_archive_100.c2",
         ),
+        Comparison(
+            "alternative layout, commit-ordered (e) vs the naive loop (b), 2 clients",
+            "limit.ordered_lease_100.c2",
+            "limit.lease_archive_100.c2",
+        ),
     ]
     result.notes.append(
         "(a) ids from the queue's sequence, payloads cast from JSON text to jsonb as COPY does;"
@@ -198,7 +247,10 @@ def limit(ctx: Context, result: ScenarioResult) -> None:
         " from a ready backlog vacuumed before each run; (c) the same one row per transaction;"
         " (d) an alternative layout, PgQ-style batch leases (a per-queue claim cursor, one"
         " lease row per batch, completion by one update of it; messages never updated or"
-        " moved), from the same backlog: the write pattern a redesign would have."
+        " moved), from the same backlog: the write pattern a redesign would have; (e) the"
+        " same with claims ordered by commit (the inserting transaction's xid8, claimed only"
+        " below the snapshot's xmin, consumers taking turns on the cursor row), from a backlog"
+        f" written by {ORDERED_FILL_TRANSACTIONS} transactions."
         " pgbench -M prepared. The enqueue and drain scenarios rerun the limit they compare"
         " with in their own rounds."
     )

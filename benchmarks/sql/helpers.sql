@@ -108,3 +108,48 @@ VACUUM (ANALYZE) {schema}.batch_event;
 
 -- name: batch_layout_done_count
 SELECT coalesce(sum(high - low), 0) FROM {schema}.batch_lease WHERE done_at IS NOT NULL;
+
+-- name: ordered_layout_create
+-- Limit (e): limit (d)'s write pattern with claims ordered by commit, the question a redesign
+-- has to answer first. Each message carries the id of the transaction that inserted it
+-- (xid8). A consumer claims, after the queue's cursor (txid, id), only messages whose
+-- transaction is older than the current snapshot's xmin: every transaction below xmin has
+-- ended, so no message can later commit behind the cursor, and none is skipped whatever
+-- order producers commit in. Ids (from a producer's reservoir) order messages only within
+-- one transaction.
+CREATE TABLE {schema}.ordered_event (
+    id          bigint NOT NULL,
+    queue_id    integer NOT NULL,
+    txid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    enqueued_at timestamptz NOT NULL DEFAULT now(),
+    payload     jsonb NOT NULL,
+    PRIMARY KEY (queue_id, txid, id)
+);
+CREATE TABLE {schema}.ordered_cursor (
+    queue_id integer PRIMARY KEY,
+    txid     xid8 NOT NULL,
+    id       bigint NOT NULL
+) WITH (fillfactor = 10);
+CREATE TABLE {schema}.ordered_lease (
+    token        bigint PRIMARY KEY,
+    queue_id     integer NOT NULL,
+    ids          bigint[] NOT NULL,
+    leased_until timestamptz NOT NULL,
+    done_at      timestamptz
+) WITH (fillfactor = 50);
+
+-- name: ordered_layout_fill
+-- The same backlog as batch_layout_fill, written by 100 transactions of its own (so that
+-- claims cross transaction boundaries); the caller commits each.
+INSERT INTO {schema}.ordered_event (id, queue_id, payload)
+SELECT n, %(queue_id)s, jsonb_build_object('user_id', n, 'email', 'u' || n || '@example.com')
+FROM generate_series(%(low)s::bigint, %(high)s::bigint) AS n;
+
+-- name: ordered_layout_cursor_create
+INSERT INTO {schema}.ordered_cursor (queue_id, txid, id) VALUES (%(queue_id)s, '0', 0);
+
+-- name: ordered_layout_vacuum
+VACUUM (ANALYZE) {schema}.ordered_event;
+
+-- name: ordered_layout_done_count
+SELECT coalesce(sum(cardinality(ids)), 0) FROM {schema}.ordered_lease WHERE done_at IS NOT NULL;
