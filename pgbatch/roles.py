@@ -100,6 +100,13 @@ _WORKER_TABLES = (
 _READER_FULL_TABLES = ("queue", "worker", "schema_migration")
 _READER_REDACTED_TABLES = ("message", "archive", "dead_letter")
 _SEQUENCES = {"producer": ("message_id_seq",), "worker": ("lease_token_seq",), "reader": ()}
+# Functions a role calls, by name and argument types. EXECUTE is PUBLIC's by default, but not
+# where a DBA revoked it with ALTER DEFAULT PRIVILEGES: the worker gets it by name.
+_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "producer": (),
+    "worker": (("message_dequeue_candidates", "integer, integer"),),
+    "reader": (),
+}
 
 
 def role_names(prefix: str = "pgbatch") -> dict[str, str]:
@@ -138,6 +145,14 @@ def create_roles(client: Client, *, prefix: str = "pgbatch") -> list[str]:
                 conn.execute(
                     sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
                         sql.Identifier(schema, sequence), sql.Identifier(names[kind])
+                    )
+                )
+            for function, arguments in _FUNCTIONS[kind]:
+                conn.execute(
+                    sql.SQL("GRANT EXECUTE ON FUNCTION {}({}) TO {}").format(
+                        sql.Identifier(schema, function),
+                        sql.SQL(arguments),
+                        sql.Identifier(names[kind]),
                     )
                 )
     return list(names.values())
