@@ -6,7 +6,7 @@
   dequeue index fills with dead entries and throughput sags. The check (one row of
   pg_stat_user_tables) runs every second: at tens of thousands of messages a second, a
   5-second check let 225,000-262,000 dead tuples gather before a vacuum, a 1-second check
-  66,000-79,000 (tests/test_soak.py, 2026-11-30). ``VACUUM (SKIP_LOCKED)`` lets only one
+  61,000-176,000 (tests/test_soak.py, 2026-11-30). ``VACUUM (SKIP_LOCKED)`` lets only one
   worker run it at a time; a role that does not own the table skips this.
 - Create the daily archive partitions ahead of time, hourly, so archived rows do not pile
   into the default partition (which retention can only prune row by row).
