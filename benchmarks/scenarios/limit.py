@@ -7,7 +7,11 @@ Each run gets a fresh pgbatch schema, so the tables, indexes and settings are pg
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
 
 from benchmarks import database as db
 from benchmarks.harness import Case, Comparison, Context, ScenarioResult
@@ -19,6 +23,8 @@ LEASE_SCRIPT = "limit_lease_archive.sql"
 BATCH_LEASE_SCRIPT = "limit_batch_lease.sql"
 ORDERED_LEASE_SCRIPT = "limit_ordered_lease.sql"
 ORDERED_FILL_TRANSACTIONS = 100
+BATCH_LEASES = "batch leases"  # limit (d)
+ORDERED = "claims ordered by commit"  # limit (e)
 LEASE_BATCH = 100
 
 
@@ -96,13 +102,7 @@ def batch_lease_rate(dsn: str, *, batch: int, clients: int, messages: int) -> fl
         conn.execute(db.helper("batch_layout_create", schema))
         params = {"queue_id": queue_id, "count": work.backlog}
         conn.execute(db.helper("batch_layout_fill", schema), params)
-        conn.execute(db.helper("batch_layout_cursor_create", schema), params)
-        conn.execute(db.helper("batch_layout_vacuum", schema))
-        rate = work.run(dsn, schema, BATCH_LEASE_SCRIPT, queue_id)
-        done = int(db.scalar(dsn, db.helper("batch_layout_done_count", schema)))
-    if done != work.moved:
-        raise PgbenchError(f"limit batch-lease layout completed {done} of {work.moved}")
-    return rate
+        return _drain_layout(conn, dsn, schema, work, "batch_layout", BATCH_LEASE_SCRIPT, params)
 
 
 def ordered_lease_rate(dsn: str, *, batch: int, clients: int, messages: int) -> float:
@@ -120,43 +120,42 @@ def ordered_lease_rate(dsn: str, *, batch: int, clients: int, messages: int) -> 
                     db.helper("ordered_layout_fill", schema),
                     {"queue_id": queue_id, "low": low, "high": high},
                 )
-        conn.execute(db.helper("ordered_layout_cursor_create", schema), {"queue_id": queue_id})
-        conn.execute(db.helper("ordered_layout_vacuum", schema))
-        rate = work.run(dsn, schema, ORDERED_LEASE_SCRIPT, queue_id)
-        done = int(db.scalar(dsn, db.helper("ordered_layout_done_count", schema)))
+        params = {"queue_id": queue_id}
+        return _drain_layout(
+            conn, dsn, schema, work, "ordered_layout", ORDERED_LEASE_SCRIPT, params
+        )
+
+
+def _drain_layout(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    schema: str,
+    work: ConsumerWork,
+    layout: str,
+    script: str,
+    params: dict[str, int],
+) -> float:
+    """Starts the queue's cursor on a filled layout, runs ``script``, checks the work done."""
+    conn.execute(db.helper(f"{layout}_cursor_create", schema), params)
+    conn.execute(db.helper(f"{layout}_vacuum", schema))
+    rate = work.run(dsn, schema, script, params["queue_id"])
+    done = int(db.scalar(dsn, db.helper(f"{layout}_done_count", schema)))
     if done != work.moved:
-        raise PgbenchError(f"limit commit-ordered layout completed {done} of {work.moved}")
+        raise PgbenchError(f"limit {layout} completed {done} of {work.moved}")
     return rate
 
 
-def ordered_lease_case(ctx: Context, key: str, clients: int) -> Case:
+def layout_case(
+    ctx: Context, key: str, clients: int, layout: str, rate: Callable[..., float]
+) -> Case:
+    """A case of an alternative layout: ``rate`` with batches of LEASE_BATCH."""
     return Case(
         key,
-        f"alternative layout, claims ordered by commit: lease {LEASE_BATCH} then complete,"
+        f"alternative layout, {layout}: lease {LEASE_BATCH} then complete,"
         f" {clients} client{'s' * (clients > 1)}",
         "msg/s",
         functools.partial(
-            ordered_lease_rate,
-            ctx.dsn,
-            batch=LEASE_BATCH,
-            clients=clients,
-            messages=ctx.sizes.messages,
-        ),
-    )
-
-
-def batch_lease_case(ctx: Context, key: str, clients: int) -> Case:
-    return Case(
-        key,
-        f"alternative layout in plain SQL (batch leases): lease {LEASE_BATCH} then complete,"
-        f" {clients} client{'s' * (clients > 1)}",
-        "msg/s",
-        functools.partial(
-            batch_lease_rate,
-            ctx.dsn,
-            batch=LEASE_BATCH,
-            clients=clients,
-            messages=ctx.sizes.messages,
+            rate, ctx.dsn, batch=LEASE_BATCH, clients=clients, messages=ctx.sizes.messages
         ),
     )
 
@@ -214,10 +213,14 @@ def limit(ctx: Context, result: ScenarioResult) -> None:
                 ),
             ),
             lease_case(ctx, "limit.lease_archive_1.c1", 1, batch=1),
-            batch_lease_case(ctx, "limit.batch_lease_100.c1", 1),
-            batch_lease_case(ctx, "limit.batch_lease_100.c2", 2),
-            ordered_lease_case(ctx, "limit.ordered_lease_100.c1", 1),
-            ordered_lease_case(ctx, "limit.ordered_lease_100.c2", 2),
+            *(
+                layout_case(ctx, f"limit.batch_lease_100.c{n}", n, BATCH_LEASES, batch_lease_rate)
+                for n in (1, 2)
+            ),
+            *(
+                layout_case(ctx, f"limit.ordered_lease_100.c{n}", n, ORDERED, ordered_lease_rate)
+                for n in (1, 2)
+            ),
         ],
     )
     result.comparisons += [
