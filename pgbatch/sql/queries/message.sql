@@ -26,14 +26,21 @@ WHERE queue_id = %(queue_id)s AND dedup_key = ANY(%(dedup_keys)s::text[]);
 -- then earliest visible. Attempts are counted here, at delivery, so a handler that kills its
 -- process still reaches the dead letters: a candidate whose earlier lease expired after its
 -- final attempt goes to dead_letter instead of being handed out again.
-WITH candidate AS (
-    -- Chosen along the dequeue index whatever the table's statistics (migration 0004).
-    SELECT c.id, c.exhausted, c.after_expired_lease
+WITH chosen AS (
+    -- Chosen along the dequeue index whatever the table's statistics (migration 0004), and
+    -- handed on as arrays of ids rather than joined back: a join's plan follows the table's
+    -- statistics, and after a vacuum of an emptied queue they say "empty" while a burst
+    -- fills it (the planner then walked the whole primary key once per candidate: seconds
+    -- per dequeue). "id = ANY(array)" is a primary-key lookup per id, whatever they say.
+    SELECT coalesce(array_agg(c.id) FILTER (WHERE NOT c.exhausted), '{{}}') AS live,
+           coalesce(array_agg(c.id) FILTER (WHERE c.exhausted), '{{}}') AS exhausted,
+           coalesce(array_agg(c.id) FILTER (WHERE c.after_expired_lease AND NOT c.exhausted),
+                    '{{}}') AS suspects
     FROM {schema}.message_dequeue_candidates(%(queue_id)s::integer, %(limit)s::integer) AS c
 ),
 exhausted AS (
-    DELETE FROM {schema}.message m USING candidate c
-    WHERE m.id = c.id AND c.exhausted
+    DELETE FROM {schema}.message m
+    WHERE m.id = ANY ((SELECT exhausted FROM chosen)::bigint[])
     RETURNING m.id, m.queue_id, m.priority, m.attempts, m.enqueued_at, m.dedup_key,
               m.last_error, m.payload
 ),
@@ -49,10 +56,10 @@ UPDATE {schema}.message m
 SET visible_at = now() + make_interval(secs => %(lease_seconds)s),
     attempts = m.attempts + 1,
     lease_token = token.value
-FROM candidate c, token
-WHERE m.id = c.id AND NOT c.exhausted
+FROM token
+WHERE m.id = ANY ((SELECT live FROM chosen)::bigint[])
 RETURNING m.id, m.payload, m.attempts, m.enqueued_at, m.visible_at, m.lease_token,
-          m.priority, m.last_error, c.after_expired_lease;
+          m.priority, m.last_error, m.id = ANY ((SELECT suspects FROM chosen)::bigint[]);
 
 -- name: message_archive_many
 -- Moves the messages whose lease the caller still holds (fenced by lease token) into the
