@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import orjson
 import pydantic
 
 from pgbatch import errors
@@ -211,8 +212,7 @@ def dequeue_many(
         yield Statement(
             q.message_bury_many,
             {
-                **_fence([message for message, _ in misfits]),
-                "errors": [error for _, error in misfits],
+                **held_params([message for message, _ in misfits], [error for _, error in misfits]),
                 "queue": queue.name,
                 "done_channel": done_channel,
             },
@@ -242,8 +242,26 @@ def messages_from_rows(
     return messages, misfits
 
 
-def _fence(messages: Sequence[Message[Any]]) -> dict[str, list[int]]:
-    return {"ids": [m.id for m in messages], "tokens": [m.lease_token for m in messages]}
+def held_params(
+    messages: Sequence[Message[Any]], extras: Sequence[Any] | None = None
+) -> dict[str, Any]:
+    """What the statements on held messages take (message.sql, message_archive_many): the
+    ids, and a JSON object of each id's lease tokens and, if given, its extra value."""
+    held: dict[str, list[Any]] = {}
+    for i, message in enumerate(messages):
+        entry = held.get(key := str(message.id))
+        if entry is None:
+            held[key] = (
+                [[message.lease_token]]
+                if extras is None
+                else [
+                    [message.lease_token],
+                    extras[i],
+                ]
+            )
+        else:  # the same message under two leases: either may be the one still held
+            entry[0].append(message.lease_token)
+    return {"ids": [m.id for m in messages], "held": orjson.dumps(held).decode()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,19 +287,20 @@ def archive_many(
     if results is not None and len(results) != len(messages):
         raise errors.InvalidArgument("results must have one entry per message")
     encoded = (
-        [None if r is None else encode_json(r).decode() for r in results]
+        [None if r is None else encode_json(r) for r in results]
         if results is not None
         else [None] * len(messages)
     )
-    fence = _fence(messages)
-    token = fence["tokens"][0]
-    if all(t == token for t in fence["tokens"]) and all(r is None for r in encoded):
+    token = messages[0].lease_token
+    if all(m.lease_token == token for m in messages) and all(r is None for r in encoded):
+        ids = [m.id for m in messages]
         statement = Statement(
-            q.message_archive_same_lease, {"ids": fence["ids"], "token": token, **target.params()}
+            q.message_archive_same_lease, {"ids": ids, "token": token, **target.params()}
         )
     else:
+        results_json = [None if r is None else orjson.Fragment(r) for r in encoded]
         statement = Statement(
-            q.message_archive_many, {**fence, **target.params(), "results": encoded}
+            q.message_archive_many, {**held_params(messages, results_json), **target.params()}
         )
     rows = yield statement
     return [row[0] for row in rows]
@@ -304,9 +323,8 @@ def fail_many(
     rows = yield Statement(
         q.message_fail_many,
         {
-            **_fence(messages),
+            **held_params(messages, texts),
             **target.params(),
-            "errors": texts,
             "delay_seconds": seconds(delay, "delay", allow_zero=True),
         },
     )
@@ -325,7 +343,7 @@ def extend_lease(
         return []
     lease = seconds(lease_seconds, "lease")
     rows = yield Statement(
-        q.message_extend_lease_many, {**_fence(messages), "lease_seconds": lease}
+        q.message_extend_lease_many, {**held_params(messages), "lease_seconds": lease}
     )
     expiry: dict[int, Any] = {row[0]: row[1] for row in rows}
     for message in messages:
@@ -338,7 +356,7 @@ def release_many(q: Queries, messages: Sequence[Message[Any]]) -> Plan[list[int]
     """Hands back messages never started: visible at once, the delivery not counted."""
     if not messages:
         return []
-    rows = yield Statement(q.message_release_many, _fence(messages))
+    rows = yield Statement(q.message_release_many, held_params(messages))
     return [row[0] for row in rows]
 
 
@@ -465,9 +483,7 @@ def renew_leases(
     still held."""
     if not messages:
         return set()
-    rows = yield Statement(
-        q.message_renew_leases, {**_fence(messages), "lease_seconds": list(lease_seconds)}
-    )
+    rows = yield Statement(q.message_renew_leases, held_params(messages, list(lease_seconds)))
     return {row[0] for row in rows}
 
 

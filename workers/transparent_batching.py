@@ -56,9 +56,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--callers", choices=["threads", "async", "both"], default="both")
     parser.add_argument("--threads", type=int, default=500, help="size of the caller pool")
     parser.add_argument("--max-delay-ms", type=float, default=5.0, help="configure_batching")
+    parser.add_argument("--max-batch", type=int, default=1000, help="configure_batching")
     parser.add_argument("--connections", type=int, default=16, help="pool of the unbatched run")
     parser.add_argument("--no-unbatched", action="store_true", help="skip the comparison")
     parser.add_argument("--concurrency", type=int, default=2, help="the worker's batches at once")
+    parser.add_argument("--batch-size", type=int, default=1000, help="the worker's batch size")
     parser.add_argument("--handler", choices=["async", "sync"], default="async")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -67,7 +69,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 # ---------------------------------------------------------------- the worker (a subprocess)
 
 
-def run_worker(dsn: str, schema: str, concurrency: int, handler: str) -> None:
+def run_worker(dsn: str, schema: str, concurrency: int, batch_size: int, handler: str) -> None:
     app = pgbatch.App(dsn, schema=schema)
     users = sql.Identifier(schema, "users")
     insert = sql.SQL(
@@ -88,14 +90,14 @@ def run_worker(dsn: str, schema: str, concurrency: int, handler: str) -> None:
     # in the worker's threads.
     if handler == "async":
 
-        @app.batch_handler(QUEUE, batch_size=1000, transactional=True)
+        @app.batch_handler(QUEUE, batch_size=batch_size, transactional=True)
         async def create_users(batch: pgbatch.Batch[dict[str, Any]]) -> None:
             assert isinstance(batch.conn, psycopg.AsyncConnection)
             complete(batch, await (await batch.conn.execute(insert, columns(batch))).fetchall())
 
     else:
 
-        @app.batch_handler(QUEUE, batch_size=1000, transactional=True)
+        @app.batch_handler(QUEUE, batch_size=batch_size, transactional=True)
         def create_users_sync(batch: pgbatch.Batch[dict[str, Any]]) -> None:
             assert isinstance(batch.conn, psycopg.Connection)
             complete(batch, batch.conn.execute(insert, columns(batch)).fetchall())
@@ -103,12 +105,13 @@ def run_worker(dsn: str, schema: str, concurrency: int, handler: str) -> None:
     app.run_worker(concurrency=concurrency)
 
 
-def start_worker(dsn: str, schema: str, concurrency: int, handler: str) -> subprocess.Popen[bytes]:
+def start_worker(dsn: str, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PGBATCH_DSN": dsn}  # not on the command line, where ps shows it
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "workers.transparent_batching", "--worker"),
-            *("--schema", schema, "--concurrency", str(concurrency), "--handler", handler),
+            *("--schema", args.schema, "--concurrency", str(args.concurrency)),
+            *("--batch-size", str(args.batch_size), "--handler", args.handler),
         ],
         env=env,
     )
@@ -197,12 +200,12 @@ def batched_with_threads(queue: pgbatch.Queue[Any], n: int, threads: int) -> lis
 
 
 def batched_with_tasks(
-    dsn: str, schema: str, n: int, max_delay_ms: float
+    dsn: str, schema: str, n: int, settings: dict[str, Any]
 ) -> tuple[list[Any], float]:
     async def main() -> tuple[list[Any], float]:
         async with pgbatch.connect_async(dsn, schema=schema) as client:
             queue = await client.queue(QUEUE)
-            queue.configure_batching(max_delay_ms=max_delay_ms)
+            queue.configure_batching(**settings)
             # Start the result listener before the clock, as the sync client's warm-up call
             # did for the threads (message 0 never exists).
             with contextlib.suppress(TimeoutError):
@@ -244,9 +247,13 @@ def timed(action: Callable[[], list[Any]]) -> tuple[list[Any], float]:
 # ---------------------------------------------------------------- main
 
 
+def batching_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms}
+
+
 def measure(args: argparse.Namespace, client: pgbatch.Client, n: int) -> None:
     queue = client.queue(QUEUE)
-    queue.configure_batching(max_delay_ms=args.max_delay_ms)
+    queue.configure_batching(**batching_settings(args))
     line = [f"{n:>9,} calls:"]
     best: float | None = None
     if args.callers in ("threads", "both"):
@@ -257,7 +264,7 @@ def measure(args: argparse.Namespace, client: pgbatch.Client, n: int) -> None:
         best = seconds
     if args.callers in ("async", "both"):
         truncate_users(client)
-        results, seconds = batched_with_tasks(client.dsn, client.schema, n, args.max_delay_ms)
+        results, seconds = batched_with_tasks(client.dsn, client.schema, n, batching_settings(args))
         check(client, results, n)
         line.append(f"batched {seconds:7.3f} s (asyncio tasks)")
         best = seconds if best is None else min(best, seconds)
@@ -274,12 +281,13 @@ def measure(args: argparse.Namespace, client: pgbatch.Client, n: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        run_worker(os.environ["PGBATCH_DSN"], args.schema, args.concurrency, args.handler)
+        dsn = os.environ["PGBATCH_DSN"]
+        run_worker(dsn, args.schema, args.concurrency, args.batch_size, args.handler)
         return 0
     sizes = [int(size) for size in args.sizes.split(",")]
     with pgbatch.connect(args.dsn, schema=args.schema) as client:
         prepare(client)
-        worker = start_worker(client.dsn, args.schema, args.concurrency, args.handler)
+        worker = start_worker(client.dsn, args)
         try:
             client.queue(QUEUE).submit(user(-1)).result(timeout=60)  # the worker is up
             for n in sizes:

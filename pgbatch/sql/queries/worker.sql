@@ -1,11 +1,13 @@
 -- name: message_renew_leases
 -- The worker's lease renewal: one statement for every in-flight batch, each message with the
--- lease length of its queue. Fenced by lease token: a lost lease is not renewed.
+-- lease length of its queue. Fenced by lease token: a lost lease is not renewed. Held
+-- messages are found as in message_archive_many; "held" carries [[tokens], lease seconds].
+WITH given AS (SELECT %(held)s::jsonb AS held)
 UPDATE {schema}.message m
-SET visible_at = now() + make_interval(secs => a.lease_seconds)
-FROM unnest(%(ids)b::bigint[], %(tokens)b::bigint[], %(lease_seconds)s::double precision[])
-     AS a(id, token, lease_seconds)
-WHERE m.id = a.id AND m.lease_token = a.token
+SET visible_at = now() + make_interval(secs => (g.held -> m.id::text ->> 1)::double precision)
+FROM given g
+WHERE m.id = ANY (%(ids)b::bigint[])
+  AND (g.held -> m.id::text -> 0) @> to_jsonb(m.lease_token)
 RETURNING m.id;
 
 -- name: worker_heartbeat
