@@ -250,17 +250,12 @@ def held_params(
     held: dict[str, list[Any]] = {}
     for i, message in enumerate(messages):
         entry = held.get(key := str(message.id))
-        if entry is None:
-            held[key] = (
-                [[message.lease_token]]
-                if extras is None
-                else [
-                    [message.lease_token],
-                    extras[i],
-                ]
-            )
-        else:  # the same message under two leases: either may be the one still held
+        if entry is not None:  # the same message under two leases: either may still be held
             entry[0].append(message.lease_token)
+        else:
+            held[key] = (
+                [[message.lease_token]] if extras is None else [[message.lease_token], extras[i]]
+            )
     return {"ids": [m.id for m in messages], "held": orjson.dumps(held).decode()}
 
 
@@ -286,19 +281,19 @@ def archive_many(
         return []
     if results is not None and len(results) != len(messages):
         raise errors.InvalidArgument("results must have one entry per message")
-    encoded = (
-        [None if r is None else encode_json(r) for r in results]
+    # Each result as ready-made JSON, embedded as it is in the statement's "held" object.
+    results_json = (
+        [None if r is None else orjson.Fragment(encode_json(r)) for r in results]
         if results is not None
         else [None] * len(messages)
     )
     token = messages[0].lease_token
-    if all(m.lease_token == token for m in messages) and all(r is None for r in encoded):
+    if all(m.lease_token == token for m in messages) and all(r is None for r in results_json):
         ids = [m.id for m in messages]
         statement = Statement(
             q.message_archive_same_lease, {"ids": ids, "token": token, **target.params()}
         )
     else:
-        results_json = [None if r is None else orjson.Fragment(r) for r in encoded]
         statement = Statement(
             q.message_archive_many, {**held_params(messages, results_json), **target.params()}
         )
