@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from pgbatch.client import migrate_with_new_connection
 from tests.faults import servers
@@ -48,6 +50,9 @@ def test_workers_ride_out_a_postgresql_restart(restartable: tuple[Scenario, Path
         worker.wait_started()
     pids = [worker.pid for worker in workers]
     wait_until(lambda: scenario.effect_count() >= MESSAGES // 5, timeout=30, what="progress")
+    # Work is still in flight when the server goes: otherwise the test proves nothing.
+    left_before_stop = scenario.remaining()
+    assert left_before_stop > 0, "every message was settled before the restart"
 
     scenario.client.close()  # our own pool would only complain while the server is away
     servers.stop(folder)
@@ -65,9 +70,24 @@ def test_workers_ride_out_a_postgresql_restart(restartable: tuple[Scenario, Path
         what="both listeners to reconnect",
     )
     assert stop_all(workers) == [0, 0]
+    # And the workers really settled some of it after the restart (by the server's clock).
+    assert archived_since_the_server_started(scenario) > 0
     ledger = scenario.ledger()
     ledger.assert_conserved()
     logs = scenario.logs_text()
     assert "listener reconnected" in logs
     assert "database error, retrying" in logs
-    print(f"\nserver back after {back_after:.1f}s; {ledger.duplicated_effects} repeated runs")
+    print(
+        f"\n{left_before_stop} messages left at the stop; server back after {back_after:.1f}s;"
+        f" {ledger.duplicated_effects} repeated runs"
+    )
+
+
+def archived_since_the_server_started(scenario: Scenario) -> int:
+    with psycopg.connect(scenario.dsn, autocommit=True) as conn:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM {} WHERE archived_at >= pg_postmaster_start_time()"
+            ).format(sql.Identifier(scenario.schema, "archive"))
+        ).fetchone()
+    return int(row[0]) if row else 0
