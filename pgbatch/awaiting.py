@@ -308,6 +308,29 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     return True
 
 
+class PollSchedule:
+    """When the next poll of every awaited id is due: a fixed time after the previous one.
+
+    Wake-ups for new waiters check only the new ids, so a poll that waited for a quiet
+    moment never came under steady traffic, and older ids went unchecked while the listener
+    was down. The deadline holds however often the checker wakes in between.
+    """
+
+    def __init__(self, now: float) -> None:
+        self._polled_at = now
+
+    def wait_time(self, now: float, interval: float) -> float:
+        """Seconds until the next poll, ``interval`` seconds after the previous one."""
+        return max(0.0, self._polled_at + interval - now)
+
+    def due(self, now: float, interval: float) -> bool:
+        """Whether a poll is due now; if so, it counts as done from ``now``."""
+        if now - self._polled_at < interval:
+            return False
+        self._polled_at = now
+        return True
+
+
 class Interest:
     """When to tell the database again that results of a queue are awaited: archives notify
     for INTEREST_SECONDS after each declaration, renewed well before that runs out."""

@@ -2,11 +2,11 @@
 
 ``queue.submit(payload)`` validates and encodes the payload in the caller's thread (a bad
 payload fails only its own caller), appends it to the queue's buffer and returns a Pending.
-One flusher per queue and client (a thread, or a task for the async client) writes the
-buffer with one batch_enqueue transaction per batch: when a batch is full (``max_batch``)
-or its oldest item has waited ``max_delay_ms``. A failed transaction hands its error to
-every Pending of that batch and writes none of them. While ``max_pending`` items are
-unflushed, submit blocks (or awaits): memory stays bounded.
+One flusher per queue and client (two threads, or one task for the async client) writes the
+buffer with one batch_enqueue transaction per batch, up to FLUSHES_IN_FLIGHT at a time: when
+a batch is full (``max_batch``) or its oldest item has waited ``max_delay_ms``. A failed
+transaction hands its error to every Pending of that batch and writes none of them. While
+``max_pending`` items are unflushed, submit blocks (or awaits): memory stays bounded.
 
 ``SubmitBuffer`` holds the cutting into batches without I/O; ``Submitter`` and
 ``AsyncSubmitter`` drive it.
@@ -86,6 +86,15 @@ class SubmitBuffer(Generic[OutcomeT]):
     @property
     def full(self) -> bool:
         return self.unflushed >= self.settings.max_pending
+
+    def configure(self, settings: BatchingSettings) -> None:
+        """New settings, for what is buffered too: an open batch that already holds the new
+        max_batch is sealed whole (written at once, not split)."""
+        self.settings = settings
+        batch = self._open
+        if batch is not None and len(batch.payloads) >= settings.max_batch:
+            self._sealed.append(batch)
+            self._open = None
 
     def add(self, payload: bytes, now: float) -> tuple[Batch[OutcomeT], int, bool]:
         """Appends a payload: its batch, its index there, and whether to wake the flusher."""
@@ -268,8 +277,8 @@ class Batcher:
 
     def configure(self, settings: BatchingSettings) -> None:
         with self._due:
-            self._buffer.settings = settings
-            self._due.notify()
+            self._buffer.configure(settings)
+            self._due.notify()  # the open batch's deadline may have moved, or it was sealed
             self._space.notify_all()
 
     def add(self, payload: bytes) -> tuple[Batch[Latch[IdsOrError]], int]:
@@ -488,8 +497,8 @@ class AsyncBatcher:
         return asyncio.get_running_loop().create_future()
 
     def configure(self, settings: BatchingSettings) -> None:
-        self._buffer.settings = settings
-        self._wake.set()
+        self._buffer.configure(settings)
+        self._wake.set()  # the open batch's deadline may have moved, or it was sealed
         self._space.set()
 
     def add_nowait(self, payload: bytes) -> AsyncPending | None:

@@ -2,10 +2,13 @@
 
 Each client has one tracker, started by the first wait. A dedicated connection LISTENs on
 the client's done channel, where every statement that archived or dead-lettered messages
-notifies once with the queue's name. Each wake-up runs one query for the awaited ids of the
-queues that notified (and for ids registered since the last check, which may already be
-done), however many messages the notification stands for. While the listener is down (it
-reconnects with backoff), a bounded poll of every awaited id takes its place.
+notifies once with the queue's name, while some client awaits results of that queue (the
+checker keeps queue.results_awaited_until in the future). Each wake-up runs one query for
+the awaited ids of the queues that notified (and for ids registered since the last check,
+which may already be done), however many messages the notification stands for. While the
+listener is down (it reconnects with backoff), a poll of every awaited id every
+POLL_WHILE_DEAF seconds takes its place; while it listens, the same poll runs every
+POLL_WHILE_LISTENING seconds as a safety net.
 
 The bookkeeping (``pgbatch.awaiting``) has no I/O; ``ResultTracker`` drives it with two
 threads, ``AsyncResultTracker`` with two tasks.
@@ -26,7 +29,16 @@ import psycopg
 from psycopg import sql
 
 from pgbatch import errors
-from pgbatch.awaiting import AwaitedIds, Deadlines, Interest, Latch, Outcome, Row, wait_event
+from pgbatch.awaiting import (
+    AwaitedIds,
+    Deadlines,
+    Interest,
+    Latch,
+    Outcome,
+    PollSchedule,
+    Row,
+    wait_event,
+)
 from pgbatch.db import translated_errors
 from pgbatch.operations import Plan, Statement
 from pgbatch.queries import Queries
@@ -38,7 +50,8 @@ log = logging.getLogger(__name__)
 
 # The listener's connections carry this name (pg_stat_activity.application_name).
 LISTENER_APPLICATION_NAME = "pgbatch-results"
-# Seconds between polls of every awaited id: while the listener is down, and as a safety net.
+# Seconds between polls of every awaited id, counted from the previous poll whatever wakes the
+# checker in between: while the listener is down, and as a safety net while it listens.
 POLL_WHILE_DEAF = 0.5
 POLL_WHILE_LISTENING = 5.0
 RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
@@ -216,16 +229,18 @@ class ResultTracker:
         self._wake.set()
 
     def _check(self) -> None:
+        polls = PollSchedule(time.monotonic())
         while not self._stopping.is_set():
-            woken = self._wake.wait(POLL_WHILE_LISTENING if self.listening else POLL_WHILE_DEAF)
+            woken = self._wake.wait(polls.wait_time(time.monotonic(), self._poll_interval()))
             self._wake.clear()
             if not self._urgent.is_set() and woken:
                 self._urgent.wait(REGISTRATION_DELAY)
             self._urgent.clear()
             if self._stopping.is_set():
                 return
+            poll = polls.due(time.monotonic(), self._poll_interval())
             with self._lock:
-                if not woken:
+                if poll:
                     self._awaited.check_all()
                 lows, highs, ids = self._awaited.take_due()
                 due = self._interest.due(self._awaited.queues(), time.monotonic())
@@ -233,6 +248,9 @@ class ResultTracker:
                 self._declare(due)  # before the check: what is archived after it notifies
             if lows or ids:
                 self._check_once(lows, highs, ids)
+
+    def _poll_interval(self) -> float:
+        return POLL_WHILE_LISTENING if self.listening else POLL_WHILE_DEAF
 
     def _declare(self, queues: list[str]) -> None:
         try:
@@ -360,15 +378,16 @@ class AsyncResultTracker:
         self._wake.set()
 
     async def _check(self) -> None:
+        polls = PollSchedule(time.monotonic())
         while True:
             woken = await wait_event(
-                self._wake, POLL_WHILE_LISTENING if self.listening else POLL_WHILE_DEAF
+                self._wake, polls.wait_time(time.monotonic(), self._poll_interval())
             )
             self._wake.clear()
             if woken and not self._urgent.is_set():
                 await wait_event(self._urgent, REGISTRATION_DELAY)
             self._urgent.clear()
-            if not woken:
+            if polls.due(time.monotonic(), self._poll_interval()):
                 # Waits that ended early (timed out, cancelled) leave their futures behind.
                 self._awaited.prune(asyncio.Future.done)
                 self._awaited.check_all()
@@ -378,6 +397,9 @@ class AsyncResultTracker:
                 await self._declare(due)  # before the check: what is archived after it notifies
             if lows or ids:
                 await self._check_once(lows, highs, ids)
+
+    def _poll_interval(self) -> float:
+        return POLL_WHILE_LISTENING if self.listening else POLL_WHILE_DEAF
 
     async def _declare(self, queues: list[str]) -> None:
         try:

@@ -399,18 +399,44 @@ def test_a_stored_payload_that_no_longer_fits_the_model_is_dead_lettered_at_once
     assert raw.stats().leased == 1 and raw.stats().ready == 0
 
 
+def done_notes(listener: psycopg.Connection[object]) -> list[str]:
+    """Every notification that arrives within a short time: no stop_after, extras count."""
+    return [note.payload for note in listener.notifies(timeout=0.3)]
+
+
 def test_archives_notify_the_done_channel_only_while_results_are_awaited(pg_dsn, client, queue):
+    from pgbatch.db import run_plan
     from pgbatch.results import declare_interest
 
+    once = client.create_queue("once", max_attempts=1)  # a failure is a dead letter
     with psycopg.connect(pg_dsn, autocommit=True) as listener:
         listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(client.done_channel)))
-        queue.batch_enqueue([{"i": i} for i in range(4)])
-        queue.archive_many(queue.dequeue_many(2))
-        assert list(listener.notifies(timeout=0.3)) == []  # nobody awaits: no NOTIFY cost
-        client.db.run(declare_interest(client.queries, ["jobs"]), transaction=False)
-        queue.archive_many(queue.dequeue_many(2))
-        [note] = list(listener.notifies(timeout=2, stop_after=1))
-        assert note.payload == "jobs"
+        queue.batch_enqueue([{"i": i} for i in range(1200)])
+        queue.archive_many(queue.dequeue_many(300))
+        assert done_notes(listener) == []  # nobody awaits: no NOTIFY cost
+        client.db.run(declare_interest(client.queries, ["jobs", "once"]), transaction=False)
+        queue.archive_many(queue.dequeue_many(300))  # one lease, no results
+        assert done_notes(listener) == ["jobs"]  # one per statement, not per row
+        held = queue.dequeue_many(300)
+        queue.archive_many(held, results=[{"i": m.payload["i"]} for m in held])
+        assert done_notes(listener) == ["jobs"]
+        # One batch settled as a worker settles it: its successes archived, its failures
+        # dead-lettered, in a statement each.
+        once.batch_enqueue([{"i": i} for i in range(600)])
+        batch = once.dequeue_many(300)
+        once.archive_many(batch[:200], results=[{"ok": True}] * 200)
+        assert len(once.fail_many(batch[200:], "no good").dead) == 100
+        assert done_notes(listener) == ["once", "once"]
+        # The same in one transaction (a transactional handler): PostgreSQL delivers identical
+        # notifications of one transaction once.
+        batch = once.dequeue_many(300)
+        target = ops.Target("once", client.done_channel)
+        with client.db.connection() as conn, conn.transaction():
+            run_plan(conn, ops.archive_many(client.queries, target, batch[:200]))
+            run_plan(conn, ops.fail_many(client.queries, target, batch[200:], "x", delay=None))
+        assert done_notes(listener) == ["once"]
+        retried = queue.fail_many(queue.dequeue_many(300), "again", delay=0).retried
+        assert len(retried) == 300 and done_notes(listener) == []  # none dead: no notification
 
 
 def test_enqueue_wakes_listeners_once_per_statement_and_only_at_commit(pg_dsn, client, queue):
@@ -460,3 +486,47 @@ def test_archive_fences_each_message_by_its_own_lease_whatever_the_mix(client, q
         [taken_over.id, *(m.id for m in second)]
     )
     assert queue.stats().archived == 6 and queue.stats().leased == 0
+
+
+def test_a_dequeue_that_buries_expired_leases_notifies_once_while_results_are_awaited(
+    pg_dsn, client
+):
+    from pgbatch.results import declare_interest
+
+    once = client.create_queue("once", max_attempts=1)
+
+    def bury_expired(count: int) -> None:
+        """Leases ``count`` messages on their last attempt, lets the leases expire and has the
+        next dequeue bury them (it hands out ``count`` fresh ones too)."""
+        ids = once.batch_enqueue([{"i": i} for i in range(count)])
+        assert len(once.dequeue_many(count)) == count
+        expire_leases(client, ids)
+        once.batch_enqueue([{"i": i} for i in range(count)])
+        assert len(once.dequeue_many(2 * count)) == count
+        assert {d.id for d in once.dead_letters(limit=10_000)} >= set(ids)
+
+    with psycopg.connect(pg_dsn, autocommit=True) as listener:
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(client.done_channel)))
+        bury_expired(200)
+        assert done_notes(listener) == []  # nobody awaits: no NOTIFY cost
+        client.db.run(declare_interest(client.queries, ["once"]), transaction=False)
+        bury_expired(200)
+        assert done_notes(listener) == ["once"]  # one per statement, not per row
+        once.batch_enqueue([{"i": 0}])
+        assert len(once.dequeue_many(10)) == 1  # buries nothing
+        assert done_notes(listener) == []
+
+
+def test_dequeue_plan_stays_bounded_while_it_buries_expired_leases(client):
+    """The burial and its notification (while results are awaited) read no more of the hot
+    table than the dequeue does."""
+    from pgbatch.results import declare_interest
+
+    once = client.create_queue("once", max_attempts=1)
+    client.db.run(declare_interest(client.queries, ["once"]), transaction=False)
+    ids = once.batch_enqueue([{"i": i} for i in range(20000)])
+    once.dequeue_many(1000)
+    expire_leases(client, ids[:1000])
+    # Each buried message's index entries include its dead versions (leased, then its lease
+    # forged expired): a few per message, far from the table's 20,000.
+    assert_bounded_dequeue_plan(dequeue_plans(client, once, 1000), most_rows=4000)

@@ -9,7 +9,9 @@ batch_enqueue transaction carries the same xmin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +26,7 @@ import psycopg
 import pydantic
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgbatch
 from pgbatch import errors
@@ -82,6 +85,117 @@ def enqueue_transactions(client: pgbatch.Client, queue: pgbatch.Queue[Any]) -> i
         ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def refuse_row(dsn: str, schema: str, n: int) -> None:
+    """A trigger that fails the insert of the message whose payload has this ``n``: a batch
+    carrying it fails midway through its COPY, after the rows before it."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$"
+                " BEGIN IF NEW.payload ->> 'n' = {n} THEN RAISE EXCEPTION 'refused row n=%',"
+                " NEW.payload ->> 'n'; END IF; RETURN NEW; END $$"
+            ).format(function=sql.Identifier(schema, "refuse_row"), n=sql.Literal(str(n)))
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER refuse_row BEFORE INSERT ON {table}"
+                " FOR EACH ROW EXECUTE FUNCTION {function}()"
+            ).format(
+                table=sql.Identifier(schema, "message"),
+                function=sql.Identifier(schema, "refuse_row"),
+            )
+        )
+
+
+def results_awaited(dsn: str, schema: str, queue: str) -> bool:
+    """Whether archives and dead letters of ``queue`` notify now (a tracker declared interest)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT results_awaited_until > now() FROM {} WHERE name = %s").format(
+                sql.Identifier(schema, "queue")
+            ),
+            (queue,),
+        ).fetchone()
+    return row is not None and bool(row[0])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+class Relay:
+    """A TCP relay between the client and the test server: a network that can stop taking new
+    connections (``refuse_new``). Connections already made through it keep working."""
+
+    def __init__(self, dsn: str) -> None:
+        params = conninfo_to_dict(dsn)
+        host = str(params.get("host") or "")
+        if not host or host.startswith("/") or "," in host:
+            pytest.skip("the relay needs one TCP address for the test server")
+        self._upstream = (host, int(params.get("port") or 5432))
+        self._listening = socket.create_server(("127.0.0.1", 0))
+        port = self._listening.getsockname()[1]
+        self.dsn = make_conninfo(dsn, host="127.0.0.1", hostaddr="", port=port)
+        self.refuse_new = False
+        self.server_side_ports: list[int] = []  # pg_stat_activity.client_port of each relayed
+        self._lock = threading.Lock()
+        self._sockets = [self._listening]
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self._listening.accept()
+            except OSError:
+                return  # closed
+            if self.refuse_new:
+                near.close()
+                continue
+            far = socket.create_connection(self._upstream)
+            with self._lock:
+                self._sockets += [near, far]
+                self.server_side_ports.append(far.getsockname()[1])
+                for source, sink in ((near, far), (far, near)):
+                    thread = threading.Thread(target=_pump, args=(source, sink), daemon=True)
+                    thread.start()
+                    self._threads.append(thread)
+
+    def close(self) -> None:
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:  # shutdown wakes the threads blocked on them; close does not
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+def keep_listener_down(relay: Relay, pg_dsn: str) -> None:
+    """The relay refuses new connections and the result listener's connection through it is
+    terminated: the listener cannot come back (its reconnects fail for real)."""
+    relay.refuse_new = True
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = %s AND client_port = ANY(%s)",
+            (LISTENER_APPLICATION_NAME, relay.server_side_ports),
+        ).fetchone()
+    assert row == (1,)
 
 
 def message_count(dsn: str, schema: str) -> int:
@@ -183,6 +297,118 @@ def test_a_failed_flush_fails_every_pending_of_its_batch_and_writes_none(
                 pendings[0].result(timeout=10)
         assert message_count(pg_dsn, schema) == 0
         assert queue.submit({"after": True}).id(timeout=10) > 0  # the flusher carries on
+
+
+def test_a_flush_that_fails_midway_writes_none_of_its_batch(pg_dsn: str, schema: str) -> None:
+    """The 271st row of a batch of 300 fails (a trigger): its COPY has sent the rows before it,
+    past its first chunk; none of them is written, and every pending of the batch fails."""
+    refuse_row(pg_dsn, schema, n=270)
+    with pgbatch.connect(pg_dsn, schema=schema) as client:
+        queue = client.create_queue("users")
+        queue.configure_batching(max_batch=300, max_delay_ms=60_000)
+        pendings = [queue.submit({"n": n}) for n in range(299)]
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            # Result waits that start before the write, so the flusher hands them the error.
+            waits = [pool.submit(pendings[i].result, 10) for i in (0, 150, 298)]
+            time.sleep(0.2)
+            pendings.append(queue.submit({"n": 299}))  # the batch is full: written now
+            for wait in waits:
+                with pytest.raises(errors.DatabaseError, match="refused row n=270"):
+                    wait.result()
+        for pending in pendings:
+            with pytest.raises(errors.DatabaseError, match="refused row n=270"):
+                pending.id(timeout=10)
+        with pytest.raises(errors.DatabaseError, match="refused row n=270"):
+            pendings[42].result(timeout=10)
+        assert message_count(pg_dsn, schema) == 0
+        after = [queue.submit({"n": n}) for n in range(1000, 1300)]  # the flusher carries on
+        assert len({pending.id(timeout=10) for pending in after}) == 300
+        assert message_count(pg_dsn, schema) == 300
+
+
+def test_lowering_max_batch_writes_an_open_batch_already_that_large(
+    client: pgbatch.Client,
+) -> None:
+    queue = client.create_queue("users")
+    queue.configure_batching(max_batch=1000, max_delay_ms=60_000)
+    pendings = [queue.submit({"n": n}) for n in range(50)]
+    queue.configure_batching(max_batch=10, max_delay_ms=60_000)
+    assert len({pending.id(timeout=5) for pending in pendings}) == 50  # not after a minute
+    assert enqueue_transactions(client, queue) == 1  # sealed whole, not split
+
+
+def test_a_dead_letter_by_lease_expiry_reaches_its_caller_at_once(
+    pg_dsn: str, schema: str, client: pgbatch.Client
+) -> None:
+    """A consumer takes the message on its last attempt and never settles it; the dequeue that
+    finds its lease expired buries it, and the waiting caller hears of it by notification,
+    not at the safety-net poll (POLL_WHILE_LISTENING, 5 s after the tracker started)."""
+    queue = client.create_queue("users", max_attempts=1)
+    pending = queue.submit({"n": 1})
+    message_id = pending.id(timeout=10)
+    failures: list[tuple[float, BaseException]] = []
+
+    def wait() -> None:
+        try:
+            pending.result(timeout=20)
+        except BaseException as exc:
+            failures.append((time.monotonic(), exc))
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    wait_until(lambda: client.results.listening and results_awaited(pg_dsn, schema, "users"))
+    [taken] = queue.dequeue_many(10, lease_seconds=0.2)  # the last attempt, never settled
+    assert taken.id == message_id
+    time.sleep(0.3)
+    buried_at = time.monotonic()
+    assert queue.dequeue_many(10) == []  # buries it
+    waiter.join(timeout=30)
+    [(failed_at, failure)] = failures
+    assert isinstance(failure, errors.JobFailed) and failure.message_id == message_id
+    assert "lease expired" in (failure.last_error or "")
+    assert failed_at - buried_at < 1.5
+
+
+def test_older_waits_are_polled_while_new_waiters_keep_coming_and_the_listener_is_down(
+    pg_dsn: str, schema: str
+) -> None:
+    """Each new waiter wakes the checker for its own ids; the poll of every awaited id must
+    come on time all the same, or an older wait never sees its outcome while the listener
+    cannot reconnect (POLL_WHILE_DEAF: 0.5 s)."""
+    relay = Relay(pg_dsn)
+    try:
+        with pgbatch.connect(relay.dsn, schema=schema, min_size=4, max_size=4) as client:
+            queue = client.create_queue("users")
+            [old] = queue.batch_enqueue([{"n": 1}])
+            elsewhere = old + 1_000_000  # no such message, and far from the old one's ids
+            with pytest.raises(TimeoutError):
+                queue.result(elsewhere, timeout=0.05)  # starts the listener
+            wait_until(lambda: client.results.listening)
+            keep_listener_down(relay, pg_dsn)
+            wait_until(lambda: not client.results.listening)
+            stop = threading.Event()
+
+            def new_waiters() -> None:  # steady traffic: a new wait every 0.1 s
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        queue.result(elsewhere, timeout=0.1)
+
+            def archive_old() -> None:
+                time.sleep(0.3)  # after the old wait's first check
+                queue.archive_many(queue.dequeue_many(10), results=[{"ok": 1}])
+
+            threads = [threading.Thread(target=new_waiters), threading.Thread(target=archive_old)]
+            for thread in threads:
+                thread.start()
+            try:
+                assert queue.result(old, timeout=3) == {"ok": 1}
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join()
+            assert not client.results.listening  # it was the poll, not a reconnect
+    finally:
+        relay.close()
 
 
 def test_a_bad_payload_fails_only_its_own_submit(client: pgbatch.Client) -> None:
@@ -456,6 +682,97 @@ async def test_async_result_of_a_message_enqueued_another_way(
     assert values == [n + 1 for n in range(100)]
     with pytest.raises(TimeoutError):
         await (await aqueue.submit({"n": -1})).result(timeout=0.2)
+
+
+async def async_wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_async_flush_that_fails_midway_writes_none_of_its_batch(
+    pg_dsn: str, schema: str, async_client: pgbatch.AsyncClient
+) -> None:
+    refuse_row(pg_dsn, schema, n=270)
+    aqueue = await async_client.create_queue("users")
+    aqueue.configure_batching(max_batch=300, max_delay_ms=60_000)
+    pendings = [await aqueue.submit({"n": n}) for n in range(299)]
+    waits = [pendings[i].result(timeout=10) for i in (0, 150, 298)]  # before the write
+    pendings.append(await aqueue.submit({"n": 299}))  # the batch is full: written now
+    for wait in waits:
+        with pytest.raises(errors.DatabaseError, match="refused row n=270"):
+            await wait
+    for pending in pendings:
+        with pytest.raises(errors.DatabaseError, match="refused row n=270"):
+            await pending.id(timeout=10)
+    with pytest.raises(errors.DatabaseError, match="refused row n=270"):
+        await pendings[42].result(timeout=10)
+    assert message_count(pg_dsn, schema) == 0
+    after = [await aqueue.submit({"n": n}) for n in range(1000, 1300)]  # the flusher carries on
+    assert len({await pending.id(timeout=10) for pending in after}) == 300
+    assert message_count(pg_dsn, schema) == 300
+
+
+async def test_async_older_waits_are_polled_while_new_waiters_keep_coming_and_the_listener_is_down(
+    pg_dsn: str, schema: str
+) -> None:
+    relay = Relay(pg_dsn)
+    try:
+        async with pgbatch.connect_async(
+            relay.dsn, schema=schema, min_size=4, max_size=4
+        ) as client:
+            aqueue = await client.create_queue("users")
+            [old] = await aqueue.batch_enqueue([{"n": 1}])
+            elsewhere = old + 1_000_000
+            with pytest.raises(TimeoutError):
+                await aqueue.result(elsewhere, timeout=0.05)  # starts the listener
+            await async_wait_until(lambda: client.results.listening)
+            await asyncio.to_thread(keep_listener_down, relay, pg_dsn)
+            await async_wait_until(lambda: not client.results.listening)
+
+            async def new_waiters() -> None:  # steady traffic: a new wait every 0.1 s
+                while True:
+                    with contextlib.suppress(TimeoutError):
+                        await aqueue.result(elsewhere, timeout=0.1)
+
+            async def archive_old() -> None:
+                await asyncio.sleep(0.3)  # after the old wait's first check
+                await aqueue.archive_many(await aqueue.dequeue_many(10), results=[{"ok": 1}])
+
+            traffic = asyncio.create_task(new_waiters())
+            archive = asyncio.create_task(archive_old())
+            try:
+                assert await aqueue.result(old, timeout=3) == {"ok": 1}
+            finally:
+                traffic.cancel()
+                await asyncio.gather(traffic, archive, return_exceptions=True)
+            assert not client.results.listening  # it was the poll, not a reconnect
+    finally:
+        relay.close()
+
+
+async def test_a_result_is_none_when_the_handler_gives_none(
+    pg_dsn: str, schema: str, async_client: pgbatch.AsyncClient
+) -> None:
+    aqueue = await async_client.create_queue("users")
+    app = pgbatch.App(pg_dsn, schema=schema, application_name=f"w-{schema}")
+
+    @app.batch_handler("users", batch_size=10)
+    def handle(batch: pgbatch.Batch[Any]) -> None:
+        for msg in batch:
+            if msg.payload["n"] == 0:
+                batch.complete(msg, {"n": 0})
+
+    async def results_of(numbers: list[int]) -> list[Any]:
+        pendings = [await aqueue.submit({"n": n}) for n in numbers]
+        for pending in pendings:
+            await pending.id()
+        await app.run_worker_async(until_empty=True, install_signal_handlers=False)
+        return [await pending.result(timeout=10) for pending in pendings]
+
+    assert await results_of([1, 2]) == [None, None]  # no result in the whole batch
+    assert await results_of([0, 3]) == [{"n": 0}, None]  # a result for another message only
 
 
 # ---------------------------------------------------------------- with a real worker

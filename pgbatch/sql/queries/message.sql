@@ -50,13 +50,24 @@ buried AS (
     SELECT id, queue_id, priority, attempts, enqueued_at, dedup_key,
            coalesce(last_error, 'lease expired after the final attempt'), payload
     FROM exhausted
+    RETURNING id
+),
+-- Producers awaiting a result learn of these dead letters too, as of every other: one
+-- notification per statement that buried any, only while results of the queue are awaited.
+-- The channel is pgbatch.client.done_channel, spelled out from the schema's name because
+-- the dequeue is not given it (as migration 0003's trigger spells out the wake channel).
+notified AS (
+    SELECT count(pg_notify('pgbatch_' || (parse_ident({message_table}))[1] || '_done', q.name))
+    FROM {schema}.queue q
+    WHERE q.id = %(queue_id)s AND q.results_awaited_until > now()
+      AND EXISTS (SELECT 1 FROM buried)
 ),
 token AS (SELECT nextval({lease_token_seq}) AS value)
 UPDATE {schema}.message m
 SET visible_at = now() + make_interval(secs => %(lease_seconds)s),
     attempts = m.attempts + 1,
     lease_token = token.value
-FROM token
+FROM token, notified  -- one row each: "notified" only makes the notification happen
 WHERE m.id = ANY ((SELECT live FROM chosen)::bigint[])
 RETURNING m.id, m.payload, m.attempts, m.enqueued_at, m.visible_at, m.lease_token,
           m.priority, m.last_error, m.id = ANY ((SELECT suspects FROM chosen)::bigint[]);
