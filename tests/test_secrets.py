@@ -170,13 +170,13 @@ def test_worker_logs_and_registry_never_show_it(secret, schema, all_logs):
     for dsn in secret.dsns():
         assert run_worker_whose_connections_die(dsn, schema).archived == 20
     with psycopg.connect(secret.keyword_dsn()) as conn:
+        # Each column as its own text: inside row_to_json a backslash of a key=value
+        # password would be doubled, and the search would miss it.
         rows = conn.execute(
-            sql.SQL("SELECT row_to_json(w)::text FROM {} w").format(
-                sql.Identifier(schema, "worker")
-            )
+            sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, "worker"))
         ).fetchall()
     assert len(rows) == 2
-    secret.assert_absent(" ".join(row[0] for row in rows))
+    secret.assert_absent(" ".join(str(value) for row in rows for value in row))
     assert "database error" in all_logs.text  # the terminations were logged...
     secret.assert_absent(all_logs.text)  # ...without the password
 

@@ -96,8 +96,12 @@ def worker(
     """
     size: BatchSize | None = None if batch_size is None else parse_batch_size(batch_size)
     # Imported here: the other commands must not pay for (or depend on) the worker runtime.
+    from pgbatch.worker.child import configure_logging
     from pgbatch.worker.supervisor import run_supervisor
 
+    # The supervisor's own lines (children started, restarted, stopped) as the children's:
+    # on stderr, at PGBATCH_LOG_LEVEL (INFO by default).
+    configure_logging()
     code = run_supervisor(
         app_path,
         processes=processes,

@@ -57,8 +57,8 @@ def select_handlers(app: App, queues: Sequence[str] | None) -> list[HandlerSpec]
     unknown = sorted(set(queues) - set(app.handlers))
     if unknown:
         raise errors.ConfigurationError(
-            f"no batch handler for queue(s) {', '.join(unknown)}; the app handles"
-            f" {', '.join(sorted(app.handlers))}"
+            f"no batch handler for queue(s) {', '.join(map(repr, unknown))}; the app handles"
+            f" {', '.join(map(repr, sorted(app.handlers)))}"
         )
     return [app.handlers[name] for name in dict.fromkeys(queues)]
 

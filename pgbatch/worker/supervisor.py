@@ -145,8 +145,8 @@ class Supervisor:
             "--parent-fd",
             str(parent_fd),
         ]
-        for queue in self.queues:
-            command += ["--queue", queue]
+        # "--queue=NAME" in one argument: a name that starts with "-" is still a name.
+        command += [f"--queue={queue}" for queue in self.queues]
         if self.batch_size is not None:
             command += ["--batch-size", str(self.batch_size)]
         if self.until_empty:
