@@ -197,13 +197,18 @@ def dequeue_many(
     *,
     lease_seconds: float | timedelta | None,
     model: type[pydantic.BaseModel] | None,
-    done_channel: str = "",
+    done_channel: str,
 ) -> Plan[list[Message[Any]]]:
     positive_int(limit, "batch size")
     lease = seconds(lease_seconds, "lease") or queue.lease_seconds
     rows = yield Statement(
         q.message_dequeue_many,
-        {"queue_id": queue.id, "limit": limit, "lease_seconds": lease},
+        {
+            "queue_id": queue.id,
+            "limit": limit,
+            "lease_seconds": lease,
+            "done_channel": done_channel,  # for dead letters of expired final leases
+        },
     )
     messages, misfits = messages_from_rows(rows, model)
     if misfits:

@@ -166,7 +166,12 @@ def test_a_row_locked_by_an_open_dequeue_is_skipped_then_rolled_back_to_visible(
     """Forces the race deterministically: one dequeue holds its row lock, uncommitted."""
     queue = client.create_queue("race", lease_seconds=LEASE_SECONDS)
     [message_id] = queue.batch_enqueue([{"prize": True}])
-    params = {"queue_id": queue.info.id, "limit": 1, "lease_seconds": LEASE_SECONDS}
+    params = {
+        "queue_id": queue.info.id,
+        "limit": 1,
+        "lease_seconds": LEASE_SECONDS,
+        "done_channel": client.done_channel,
+    }
     with psycopg.connect(pg_dsn) as first:
         rows = first.execute(client.queries.message_dequeue_many, params).fetchall()
         assert [row[0] for row in rows] == [message_id]

@@ -245,7 +245,12 @@ def dequeue_plans(client: pgbatch.Client, queue: pgbatch.Queue[object], limit: i
     plans = executed_plans(
         client,
         client.queries.message_dequeue_many,
-        {"queue_id": queue.info.id, "limit": limit, "lease_seconds": 30},
+        {
+            "queue_id": queue.info.id,
+            "limit": limit,
+            "lease_seconds": 30,
+            "done_channel": client.done_channel,
+        },
     )
     # The dequeue, and the function's statement inside it.
     chosen = [

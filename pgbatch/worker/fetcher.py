@@ -166,6 +166,7 @@ class Lane:
                     requested,
                     lease_seconds=queue.lease_seconds,
                     model=None,
+                    done_channel=queue.target.done_channel,
                 )
             )
             ctx.fetching += 1

@@ -54,10 +54,8 @@ buried AS (
 ),
 -- Producers awaiting a result learn of these dead letters too, as of every other: one
 -- notification per statement that buried any, only while results of the queue are awaited.
--- The channel is pgbatch.client.done_channel, spelled out from the schema's name because
--- the dequeue is not given it (as migration 0003's trigger spells out the wake channel).
 notified AS (
-    SELECT count(pg_notify('pgbatch_' || (parse_ident({message_table}))[1] || '_done', q.name))
+    SELECT count(pg_notify(%(done_channel)s, q.name))
     FROM {schema}.queue q
     WHERE q.id = %(queue_id)s AND q.results_awaited_until > now()
       AND EXISTS (SELECT 1 FROM buried)
