@@ -25,6 +25,8 @@ from typing import Any
 import pgbatch
 
 Config = dict[str, Any]
+# Set when the start signal comes: _finish reports the CPU this process used since.
+_CPU_AT_GO = 0.0
 
 
 def _status_kib(field: str) -> int:
@@ -46,6 +48,8 @@ def _ready_then_wait() -> tuple[int, float]:
     _say("ready")
     if sys.stdin.readline().strip() != "go":
         raise SystemExit("expected 'go' on stdin")
+    global _CPU_AT_GO
+    _CPU_AT_GO = time.process_time()
     return rss_ready, time.time()
 
 
@@ -60,6 +64,8 @@ def _finish(messages: int, start: float, rss_ready: int, **extra: Any) -> None:
                 # Not getrusage's ru_maxrss: on Linux it also counts the parent's memory
                 # at the fork that started this process.
                 "peak_rss_kib": _status_kib("VmHWM"),
+                # This process's CPU from the start signal: what it took from the server.
+                "cpu_seconds": time.process_time() - _CPU_AT_GO,
                 **extra,
             }
         )

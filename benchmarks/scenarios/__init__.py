@@ -28,6 +28,7 @@ _MODULES = (
     "enqueue",
     "enqueue_profile",
     "drain",
+    "drain_profile",
     "slow_io",
     "latency",
     "churn",

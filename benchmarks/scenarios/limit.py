@@ -22,9 +22,11 @@ INSERT_SCRIPT = "limit_insert.sql"
 LEASE_SCRIPT = "limit_lease_archive.sql"
 BATCH_LEASE_SCRIPT = "limit_batch_lease.sql"
 ORDERED_LEASE_SCRIPT = "limit_ordered_lease.sql"
+ORDERED_ARCHIVE_SCRIPT = "limit_ordered_archive.sql"
 ORDERED_FILL_TRANSACTIONS = 100
 BATCH_LEASES = "batch leases"  # limit (d)
 ORDERED = "claims ordered by commit"  # limit (e)
+ORDERED_ARCHIVED = "ordered claims, archive row per message"  # limit (f)
 LEASE_BATCH = 100
 
 
@@ -105,9 +107,12 @@ def batch_lease_rate(dsn: str, *, batch: int, clients: int, messages: int) -> fl
         return _drain_layout(conn, dsn, schema, work, "batch_layout", BATCH_LEASE_SCRIPT, params)
 
 
-def ordered_lease_rate(dsn: str, *, batch: int, clients: int, messages: int) -> float:
+def ordered_lease_rate(
+    dsn: str, *, batch: int, clients: int, messages: int, script: str = ORDERED_LEASE_SCRIPT
+) -> float:
     """Limit (e): limit (d) with claims ordered by commit (the inserting transaction's id,
-    claimed only below the snapshot's xmin), from a backlog written by many transactions."""
+    claimed only below the snapshot's xmin), from a backlog written by many transactions.
+    With ORDERED_ARCHIVE_SCRIPT, limit (f): also an archive row per message."""
     work = ConsumerWork(batch, clients, messages)
     with db.fresh_schema(dsn, "ordered") as schema, db.connect(dsn) as conn:
         queue_id = db.create_bench_queue(dsn, schema)
@@ -121,9 +126,19 @@ def ordered_lease_rate(dsn: str, *, batch: int, clients: int, messages: int) -> 
                     {"queue_id": queue_id, "low": low, "high": high},
                 )
         params = {"queue_id": queue_id}
-        return _drain_layout(
-            conn, dsn, schema, work, "ordered_layout", ORDERED_LEASE_SCRIPT, params
-        )
+        rate = _drain_layout(conn, dsn, schema, work, "ordered_layout", script, params)
+        if script == ORDERED_ARCHIVE_SCRIPT:
+            archived = db.count(dsn, schema, "archive")
+            if archived != work.moved:
+                raise PgbenchError(f"limit (f) archived {archived} of {work.moved}")
+        return rate
+
+
+def ordered_archive_rate(dsn: str, *, batch: int, clients: int, messages: int) -> float:
+    """Limit (f): limit (e) plus an archive row per message, copied at completion."""
+    return ordered_lease_rate(
+        dsn, batch=batch, clients=clients, messages=messages, script=ORDERED_ARCHIVE_SCRIPT
+    )
 
 
 def _drain_layout(
@@ -221,6 +236,16 @@ def limit(ctx: Context, result: ScenarioResult) -> None:
                 layout_case(ctx, f"limit.ordered_lease_100.c{n}", n, ORDERED, ordered_lease_rate)
                 for n in (1, 2)
             ),
+            *(
+                layout_case(
+                    ctx,
+                    f"limit.ordered_archive_100.c{n}",
+                    n,
+                    ORDERED_ARCHIVED,
+                    ordered_archive_rate,
+                )
+                for n in (1, 2)
+            ),
         ],
     )
     result.comparisons += [
@@ -242,6 +267,12 @@ def limit(ctx: Context, result: ScenarioResult) -> None:
             "limit.ordered_lease_100.c2",
             "limit.lease_archive_100.c2",
         ),
+        Comparison(
+            "alternative layout, commit-ordered with archive rows (f) vs the naive loop (b),"
+            " 2 clients",
+            "limit.ordered_archive_100.c2",
+            "limit.lease_archive_100.c2",
+        ),
     ]
     result.notes.append(
         "(a) ids from the queue's sequence, payloads cast from JSON text to jsonb as COPY does;"
@@ -253,7 +284,8 @@ def limit(ctx: Context, result: ScenarioResult) -> None:
         " moved), from the same backlog: the write pattern a redesign would have; (e) the"
         " same with claims ordered by commit (the inserting transaction's xid8, claimed only"
         " below the snapshot's xmin, consumers taking turns on the cursor row), from a backlog"
-        f" written by {ORDERED_FILL_TRANSACTIONS} transactions."
+        f" written by {ORDERED_FILL_TRANSACTIONS} transactions; (f) (e) plus an archive row"
+        " per message, copied by primary-key range when the batch completes."
         " pgbench -M prepared. The enqueue and drain scenarios rerun the limit they compare"
         " with in their own rounds."
     )

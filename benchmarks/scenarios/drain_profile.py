@@ -1,0 +1,186 @@
+"""Where the drain at batch 100 spends CPU: the server's and the consumers', per message.
+
+The drain target (2 worker processes at batch 100 ≥ limit (b) with 2 clients) is decided on
+a 2-core machine where the server and the consumers share the cores. This scenario splits
+the CPU of both sides of the comparison, in the same rounds:
+
+- limit (b), 2 pgbench clients: the server's CPU per message, pgbench's, and how busy the
+  cores were (all CPU spent over wall time * cores);
+- the worker runtime, 2 processes at batch 100 (the drain-worker case): the same figures,
+  the workers' CPU counted from the start signal (interpreter start-up excluded).
+
+The server's CPU is read from /proc for every process named ``postgres`` on this host, so
+the scenario needs the database on the same machine (it is skipped otherwise), and anything
+else PostgreSQL does meanwhile (autovacuum, other sessions) counts too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks import database as db
+from benchmarks.consumers import Consumers
+from benchmarks.harness import Comparison, Context, ScenarioResult, log
+from benchmarks.pgbench import find_pgbench
+from benchmarks.processes import Children
+from benchmarks.scenarios import Skip, scenario
+from benchmarks.scenarios.drain import WORKER_CONCURRENCY, require_worker_runtime
+from benchmarks.scenarios.limit import LEASE_BATCH, LEASE_SCRIPT, ConsumerWork
+
+CLIENTS = 2
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds() -> float:
+    """User + system CPU of every live process named postgres on this host, children of
+    theirs that have exited included (a backend that ended is counted by its postmaster)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
+        if name.startswith("postgres"):
+            # Fields 14-17 of proc(5): utime, stime, cutime, cstime.
+            utime, stime, cutime, cstime = (int(v) for v in fields.split()[11:15])
+            total += utime + stime + cutime + cstime
+    return total / _TICKS
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSplit:
+    rate: float  # messages/s
+    server_us: float  # server CPU per message, µs
+    consumer_us: float  # consumers' CPU per message, µs
+    busy: float  # (server + consumer CPU) / (wall time * cores)
+
+
+def _split(messages: int, seconds: float, server: float, consumers: float) -> CpuSplit:
+    cores = os.cpu_count() or 1
+    return CpuSplit(
+        messages / seconds,
+        server / messages * 1e6,
+        consumers / messages * 1e6,
+        (server + consumers) / (seconds * cores),
+    )
+
+
+def limit_split(dsn: str, messages: int) -> CpuSplit:
+    """Limit (b) with CLIENTS pgbench clients, its CPU split."""
+    work = ConsumerWork(LEASE_BATCH, CLIENTS, messages)
+    with db.fresh_schema(dsn, "profile") as schema:
+        queue_id = db.create_bench_queue(dsn, schema)
+        db.fill_backlog(dsn, schema, queue_id, work.backlog)
+        server, clients = server_cpu_seconds(), os.times()
+        rate = work.run(dsn, schema, LEASE_SCRIPT, queue_id)
+        server, after = server_cpu_seconds() - server, os.times()
+    pgbench = (after.children_user + after.children_system) - (
+        clients.children_user + clients.children_system
+    )
+    # pgbench's own rate excludes its connecting; the wall time here is the same span.
+    return _split(work.moved, work.moved / rate, server, pgbench)
+
+
+def worker_split(dsn: str, messages: int) -> CpuSplit:
+    """The worker runtime, CLIENTS processes at batch LEASE_BATCH, its CPU split."""
+    consumers = Consumers(
+        "worker-drain",
+        processes=CLIENTS,
+        batch_size=LEASE_BATCH,
+        concurrency=WORKER_CONCURRENCY,
+    )
+    with db.fresh_schema(dsn, "profile") as schema:
+        db.fill_backlog(dsn, schema, db.create_bench_queue(dsn, schema), messages)
+        with Children(consumers.mode, consumers.configs(dsn, schema)) as group:
+            server = server_cpu_seconds()
+            start = group.go()
+            results = group.results()
+            server = server_cpu_seconds() - server
+        archived = db.count(dsn, schema, "archive")
+    if archived != messages:
+        raise RuntimeError(f"the workers archived {archived} of {messages}")
+    seconds = max(result["end"] for result in results) - start
+    return _split(messages, seconds, server, sum(result["cpu_seconds"] for result in results))
+
+
+def _require_local_server(dsn: str) -> None:
+    if server_cpu_seconds() == 0.0:
+        raise Skip("no PostgreSQL process on this host: the server's CPU cannot be read")
+    if find_pgbench() is None:
+        raise Skip("pgbench not found: no limit (b) to compare with")
+
+
+SIDES = {
+    "limit": f"PostgreSQL alone (limit (b), {CLIENTS} clients)",
+    "worker": f"worker, batch {LEASE_BATCH}, {CLIENTS} processes",
+}
+
+
+@scenario("drain-profile", "Where the drain at batch 100 spends CPU (server and consumers)")
+def drain_profile(ctx: Context, result: ScenarioResult) -> None:
+    require_worker_runtime()
+    _require_local_server(ctx.dsn)
+    rounds: dict[str, list[CpuSplit]] = {side: [] for side in SIDES}
+    for number in range(1, ctx.options.runs + 1):
+        for side, measure in (("limit", limit_split), ("worker", worker_split)):
+            split = measure(ctx.dsn, ctx.sizes.messages)
+            rounds[side].append(split)
+            log(
+                f"[{number}] {SIDES[side]}: {split.rate:,.0f} msg/s, server"
+                f" {split.server_us:.1f} µs/msg, consumers {split.consumer_us:.1f} µs/msg,"
+                f" cores busy {split.busy:.0%}"
+            )
+    for side, label in SIDES.items():
+        splits = rounds[side]
+        ctx.record(
+            result,
+            f"profile.drain.{side}.rate",
+            f"{label}: throughput",
+            "msg/s",
+            [s.rate for s in splits],
+        )
+        ctx.record(
+            result,
+            f"profile.drain.{side}.server",
+            f"{label}: server CPU",
+            "µs/msg",
+            [s.server_us for s in splits],
+            higher_is_better=False,
+        )
+        ctx.record(
+            result,
+            f"profile.drain.{side}.consumer",
+            f"{label}: consumers' CPU",
+            "µs/msg",
+            [s.consumer_us for s in splits],
+            higher_is_better=False,
+        )
+        ctx.record(
+            result,
+            f"profile.drain.{side}.busy",
+            f"{label}: cores busy",
+            "%",
+            [100 * s.busy for s in splits],
+        )
+    result.comparisons += [
+        Comparison(
+            "server CPU per message, limit (b)'s over the worker's (above 1: less for the worker)",
+            "profile.drain.worker.server",
+            "profile.drain.limit.server",
+        ),
+        Comparison(
+            "throughput, worker vs limit (b)",
+            "profile.drain.worker.rate",
+            "profile.drain.limit.rate",
+        ),
+    ]
+    result.notes.append(
+        f"{ctx.sizes.messages:,} ready messages per run on {os.cpu_count()} cores. Server CPU:"
+        " every process named postgres on this host, read from /proc; the workers' from the"
+        " start signal; pgbench's from its start (it connects first)."
+    )
