@@ -17,12 +17,13 @@ else PostgreSQL does meanwhile (autovacuum, other sessions) counts too.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import database as db
 from benchmarks.consumers import Consumers
-from benchmarks.harness import Comparison, Context, ScenarioResult, log
+from benchmarks.harness import Comparison, Context, ScenarioResult, log, stopwatch
 from benchmarks.pgbench import find_pgbench
 from benchmarks.processes import Children
 from benchmarks.scenarios import Skip, scenario
@@ -60,10 +61,11 @@ class CpuSplit:
     busy: float  # (server + consumer CPU) / (wall time * cores)
 
 
-def _split(messages: int, seconds: float, server: float, consumers: float) -> CpuSplit:
+def _split(messages: int, rate: float, seconds: float, server: float, consumers: float) -> CpuSplit:
+    """``seconds``: the wall time over which the CPU figures were taken."""
     cores = os.cpu_count() or 1
     return CpuSplit(
-        messages / seconds,
+        rate,
         server / messages * 1e6,
         consumers / messages * 1e6,
         (server + consumers) / (seconds * cores),
@@ -77,13 +79,15 @@ def limit_split(dsn: str, messages: int) -> CpuSplit:
         queue_id = db.create_bench_queue(dsn, schema)
         db.fill_backlog(dsn, schema, queue_id, work.backlog)
         server, clients = server_cpu_seconds(), os.times()
-        rate = work.run(dsn, schema, LEASE_SCRIPT, queue_id)
+        with stopwatch() as elapsed:
+            rate = work.run(dsn, schema, LEASE_SCRIPT, queue_id)
         server, after = server_cpu_seconds() - server, os.times()
     pgbench = (after.children_user + after.children_system) - (
         clients.children_user + clients.children_system
     )
-    # pgbench's own rate excludes its connecting; the wall time here is the same span.
-    return _split(work.moved, work.moved / rate, server, pgbench)
+    # pgbench's rate excludes its connecting; the CPU figures, and so the wall time they are
+    # shared over, include it.
+    return _split(work.moved, rate, elapsed(), server, pgbench)
 
 
 def worker_split(dsn: str, messages: int) -> CpuSplit:
@@ -105,7 +109,13 @@ def worker_split(dsn: str, messages: int) -> CpuSplit:
     if archived != messages:
         raise RuntimeError(f"the workers archived {archived} of {messages}")
     seconds = max(result["end"] for result in results) - start
-    return _split(messages, seconds, server, sum(result["cpu_seconds"] for result in results))
+    return _split(
+        messages,
+        messages / seconds,
+        seconds,
+        server,
+        sum(result["cpu_seconds"] for result in results),
+    )
 
 
 def _require_local_server(dsn: str) -> None:
@@ -119,6 +129,15 @@ SIDES = {
     "limit": f"PostgreSQL alone (limit (b), {CLIENTS} clients)",
     "worker": f"worker, batch {LEASE_BATCH}, {CLIENTS} processes",
 }
+
+
+# (key, label, unit, value of a round, higher is better) of each figure recorded per side.
+FIGURES: tuple[tuple[str, str, str, Callable[[CpuSplit], float], bool], ...] = (
+    ("rate", "throughput", "msg/s", lambda split: split.rate, True),
+    ("server", "server CPU", "µs/msg", lambda split: split.server_us, False),
+    ("consumer", "consumers' CPU", "µs/msg", lambda split: split.consumer_us, False),
+    ("busy", "cores busy", "%", lambda split: 100 * split.busy, True),
+)
 
 
 @scenario("drain-profile", "Where the drain at batch 100 spends CPU (server and consumers)")
@@ -136,37 +155,15 @@ def drain_profile(ctx: Context, result: ScenarioResult) -> None:
                 f" cores busy {split.busy:.0%}"
             )
     for side, label in SIDES.items():
-        splits = rounds[side]
-        ctx.record(
-            result,
-            f"profile.drain.{side}.rate",
-            f"{label}: throughput",
-            "msg/s",
-            [s.rate for s in splits],
-        )
-        ctx.record(
-            result,
-            f"profile.drain.{side}.server",
-            f"{label}: server CPU",
-            "µs/msg",
-            [s.server_us for s in splits],
-            higher_is_better=False,
-        )
-        ctx.record(
-            result,
-            f"profile.drain.{side}.consumer",
-            f"{label}: consumers' CPU",
-            "µs/msg",
-            [s.consumer_us for s in splits],
-            higher_is_better=False,
-        )
-        ctx.record(
-            result,
-            f"profile.drain.{side}.busy",
-            f"{label}: cores busy",
-            "%",
-            [100 * s.busy for s in splits],
-        )
+        for figure, what, unit, value, higher_is_better in FIGURES:
+            ctx.record(
+                result,
+                f"profile.drain.{side}.{figure}",
+                f"{label}: {what}",
+                unit,
+                [value(split) for split in rounds[side]],
+                higher_is_better=higher_is_better,
+            )
     result.comparisons += [
         Comparison(
             "server CPU per message, limit (b)'s over the worker's (above 1: less for the worker)",
