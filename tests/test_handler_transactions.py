@@ -76,16 +76,16 @@ class Backend:
 
     pid: int
     application_name: str
-    state: str | None  # None while the backend is still starting (authenticating)
+    state: str | None  # "starting" (PostgreSQL 16+) or None (before) while it starts up
     transaction_age: timedelta | None  # None: not in a transaction
     holds_xmin: bool
 
     @property
     def holds_a_transaction(self) -> bool:
         """In a transaction between statements, pinning a snapshot, or in one that lasts."""
-        if self.state is None:
-            # A connection being opened: its start-up reads the catalogs under a snapshot
-            # (backend_xmin is set) before the client has sent anything. Seen once in CI.
+        if self.state in (None, "starting"):
+            # A connection being opened: its start-up reads the catalogs in a transaction of
+            # its own, under a snapshot, before the client has sent anything. Seen in CI.
             return False
         if self.state != "active":
             return self.transaction_age is not None or self.holds_xmin
