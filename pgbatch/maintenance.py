@@ -142,9 +142,9 @@ def _partitions_plan(q: Queries) -> Plan[list[ArchivePartition]]:
     return [ArchivePartition(str(r[0]), r[1], r[2]) for r in rows]
 
 
-def _partition_sql(template: str, schema: str, partition: str) -> str:
-    composed = sql.SQL(template).format(partition=sql.Identifier(schema, partition))
-    return composed.as_string(None)
+def _partition_sql(template: bytes, schema: str, partition: str) -> bytes:
+    composed = sql.SQL(template.decode()).format(partition=sql.Identifier(schema, partition))
+    return composed.as_string(None).encode()
 
 
 def _drop_plan(q: Queries, partition: str, lock_timeout: timedelta) -> Plan[None]:

@@ -32,7 +32,7 @@ COPY_THRESHOLD = 64
 
 @dataclass(frozen=True, slots=True)
 class Statement:
-    sql: str
+    sql: bytes
     params: Mapping[str, Any] | None = None
 
 
@@ -40,7 +40,7 @@ class Statement:
 class CopyIn:
     """COPY ... FROM STDIN of text-format data, produced chunk by chunk while it is sent."""
 
-    sql: str
+    sql: bytes
     data: Iterable[bytes]
 
 
@@ -390,7 +390,7 @@ def requeue_dead(q: Queries, queue: QueueInfo, ids: Sequence[int] | None) -> Pla
     return int(rows[0][0])
 
 
-def single_count(sql_text: str, queue: QueueInfo) -> Plan[int]:
+def single_count(sql_text: bytes, queue: QueueInfo) -> Plan[int]:
     rows = yield Statement(sql_text, {"queue_id": queue.id})
     return int(rows[0][0])
 

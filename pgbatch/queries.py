@@ -56,12 +56,14 @@ class Queries:
             "lease_token_seq": sql.Literal(f"{qualified}.lease_token_seq"),
             "message_table": sql.Literal(f"{qualified}.message"),
         }
+        # Encoded once: psycopg takes bytes as they are, where it would encode a str and hash
+        # the new bytes (to find its cached parse and prepared statement) on every execute.
         self._rendered = {
-            name: sql.SQL(template).format(**names).as_string(None)
+            name: sql.SQL(template).format(**names).as_string(None).encode()
             for name, template in query_templates().items()
         }
 
-    def __getattr__(self, name: str) -> str:
+    def __getattr__(self, name: str) -> bytes:
         try:
             return self._rendered[name]
         except KeyError:

@@ -158,7 +158,7 @@ def create_roles(client: Client, *, prefix: str = "pgbatch") -> list[str]:
     return list(names.values())
 
 
-def _ensure_group_roles(conn: psycopg.Connection[Any], role_list: str, names: list[str]) -> None:
+def _ensure_group_roles(conn: psycopg.Connection[Any], role_list: bytes, names: list[str]) -> None:
     existing = {row[0]: row[1:] for row in conn.execute(role_list, {"names": names})}
     for name in names:
         if name not in existing:
@@ -203,7 +203,7 @@ def _revoke_everything(conn: psycopg.Connection[Any], schema: str, role: str) ->
 
 
 def _table_grants(
-    conn: psycopg.Connection[Any], table_columns: str, schema: str, kind: str
+    conn: psycopg.Connection[Any], table_columns: bytes, schema: str, kind: str
 ) -> Sequence[TableGrant]:
     if kind == "producer":
         return _PRODUCER_TABLES

@@ -69,7 +69,7 @@ def test_query_names_follow_entity_verb(client: pgbatch.Client) -> None:
 
 @pytest.mark.parametrize("name", QUERY_NAMES)
 def test_named_query_prepares_against_a_migrated_schema(client: pgbatch.Client, name: str) -> None:
-    query = with_runtime_identifiers(getattr(client.queries, name), client.schema)
+    query = with_runtime_identifiers(getattr(client.queries, name).decode(), client.schema)
     assert client.schema in query or "{schema}" not in query_templates()[name]
     statement = f"pgbatch_check_{name}"
     if without_leading_comments(query).upper().startswith("VACUUM"):

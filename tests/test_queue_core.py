@@ -214,7 +214,7 @@ def test_enqueue_in_the_callers_transaction_commits_and_rolls_back_with_it(pg_ds
 
 
 def executed_plans(
-    client: pgbatch.Client, statement: str, params: dict[str, object], *, generic: bool = False
+    client: pgbatch.Client, statement: bytes, params: dict[str, object], *, generic: bool = False
 ) -> list[dict]:
     """The executed plans of a statement and of the statements nested in it, seen through
     auto_explain on a connection of its own (``generic``: a prepared statement's generic

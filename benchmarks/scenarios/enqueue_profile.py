@@ -46,22 +46,22 @@ from pgbatch.db import configure_adapters
 PUBLIC = "Queue.batch_enqueue (public API)"
 LIMIT = "PostgreSQL alone: INSERT 1,000 rows/txn (µs per row)"
 ENQUEUE_TARGET = 0.8
-Sender = Callable[[psycopg.Cursor[Any], str, Iterable[bytes]], None]
+Sender = Callable[[psycopg.Cursor[Any], bytes, Iterable[bytes]], None]
 
 
-def send_chunks(cur: psycopg.Cursor[Any], sql_text: str, data: Iterable[bytes]) -> None:
+def send_chunks(cur: psycopg.Cursor[Any], sql_text: bytes, data: Iterable[bytes]) -> None:
     with cur.copy(sql_text) as copy:
         for chunk in data:
             copy.write(chunk)
 
 
-def send_queued(cur: psycopg.Cursor[Any], sql_text: str, data: Iterable[bytes]) -> None:
+def send_queued(cur: psycopg.Cursor[Any], sql_text: bytes, data: Iterable[bytes]) -> None:
     with cur.copy(sql_text, writer=QueuedLibpqWriter(cur)) as copy:
         for chunk in data:
             copy.write(chunk)
 
 
-def send_one_write(cur: psycopg.Cursor[Any], sql_text: str, data: Iterable[bytes]) -> None:
+def send_one_write(cur: psycopg.Cursor[Any], sql_text: bytes, data: Iterable[bytes]) -> None:
     payload = b"".join(data)
     with cur.copy(sql_text) as copy:
         copy.write(payload)
