@@ -4,6 +4,10 @@ Modes:
 - ``core-drain``: a loop of ``dequeue_many`` + ``archive_many`` until the queue is empty.
 - ``worker-drain``: ``App.run_worker(until_empty=True)``.
 - ``worker-serve``: ``App.run_worker()``, idle until messages come, until SIGTERM.
+- ``psycopg-drain``: no pgbatch runtime, a floor for it: ``concurrency`` psycopg async
+  connections, each pipelining the settle of its last batch with the claim of the next. The
+  ``layout`` is ``pgbatch`` (pgbatch's own dequeue and archive statements, rows loaded and
+  nothing more) or ``ordered`` (limit (e)'s batch leases claimed in commit order).
 
 The worker modes take a handler from the config: ``noop`` (sync, so run in a thread) or
 ``noop_async`` (on the event loop); ``slow`` (async, awaits a call
@@ -81,6 +85,80 @@ def core_drain(config: Config) -> None:
         while messages := queue.dequeue_many(batch):
             archived += len(queue.archive_many(messages))
         _finish(archived, start, rss_ready)
+
+
+async def _psycopg_lane(config: Config, statements: dict[str, bytes]) -> int:
+    """Drains with one connection until a claim comes back empty; messages settled."""
+    import psycopg
+
+    from pgbatch.db import configure_adapters
+
+    ordered = config["layout"] == "ordered"
+    claim = {"queue_id": config["queue_id"], "batch": int(config["batch_size"])}
+    if not ordered:
+        claim = {
+            "queue_id": config["queue_id"],
+            "limit": int(config["batch_size"]),
+            "lease_seconds": 30.0,
+            "done_channel": "pgbatch_bench_done",
+        }
+    settled = 0
+    conn = await psycopg.AsyncConnection.connect(config["dsn"], autocommit=True)
+    async with conn:
+        configure_adapters(conn)
+        held: Any = None
+        while True:
+            async with conn.pipeline():
+                settle = None
+                if held is not None:
+                    settle = conn.cursor()
+                    if ordered:
+                        await settle.execute(statements["settle"], {"token": held[0]})
+                    else:
+                        await settle.execute(
+                            statements["settle"],
+                            {
+                                "ids": [row[0] for row in held],
+                                "token": held[0][5],
+                                "queue": config["queue"],
+                                "done_channel": "pgbatch_bench_done",
+                            },
+                        )
+                cur = conn.cursor()
+                await cur.execute(statements["claim"], claim)
+            if settle is not None:
+                settled += len(held[1]) if ordered else len(await settle.fetchall())
+            rows = await cur.fetchall()
+            held = (rows[0] if rows else None) if ordered else (rows or None)
+            if held is None:
+                return settled
+
+
+def psycopg_drain(config: Config) -> None:
+    from benchmarks.database import helper
+    from pgbatch.queries import Queries
+
+    schema = str(config["schema"])
+    if config["layout"] == "ordered":
+        statements = {
+            "claim": helper("ordered_layout_claim", schema),
+            "settle": helper("ordered_layout_complete", schema),
+        }
+    else:
+        queries = Queries(schema)
+        statements = {
+            "claim": queries.message_dequeue_many,
+            "settle": queries.message_archive_same_lease,
+        }
+    rss_ready, start = _ready_then_wait()
+
+    async def lanes() -> int:
+        drained = await asyncio.gather(
+            *(_psycopg_lane(config, statements) for _ in range(int(config["concurrency"])))
+        )
+        return sum(drained)
+
+    _finish(asyncio.run(lanes()), start, rss_ready)
 
 
 class Handlers:
@@ -170,6 +248,7 @@ MODES: dict[str, Callable[[Config], None]] = {
     "core-drain": core_drain,
     "worker-drain": worker_drain,
     "worker-serve": worker_serve,
+    "psycopg-drain": psycopg_drain,
 }
 
 

@@ -36,6 +36,7 @@ def helper(name: str, schema: str = "public") -> bytes:
     composed = sql.SQL(_helper_templates()[name]).format(
         schema=schema_id,
         message_id_seq=sql.Literal(f"{qualified}.message_id_seq"),
+        lease_token_seq=sql.Literal(f"{qualified}.lease_token_seq"),
     )
     return composed.as_string(None).encode()
 

@@ -7,7 +7,12 @@ the CPU of both sides of the comparison, in the same rounds:
 - limit (b), 2 pgbench clients: the server's CPU per message, pgbench's, and how busy the
   cores were (all CPU spent over wall time * cores);
 - the worker runtime, 2 processes at batch 100 (the drain-worker case): the same figures,
-  the workers' CPU counted from the start signal (interpreter start-up excluded).
+  the workers' CPU counted from the start signal (interpreter start-up excluded);
+- a floor for the worker: 2 processes of plain psycopg loops (as many connections each as
+  the worker has lanes) sending pgbatch's own dequeue and archive statements, pipelined as
+  the worker does, with nothing else in Python: what any runtime on psycopg would cost;
+- the same loops on limit (e)'s layout (batch leases claimed in commit order): what Python
+  consumers would reach after the redesign BENCHMARKS.md describes.
 
 The server's CPU is read from /proc for every process named ``postgres`` on this host, so
 the scenario needs the database on the same machine (it is skipped otherwise), and anything
@@ -28,7 +33,12 @@ from benchmarks.pgbench import find_pgbench
 from benchmarks.processes import Children
 from benchmarks.scenarios import Skip, scenario
 from benchmarks.scenarios.drain import WORKER_CONCURRENCY, require_worker_runtime
-from benchmarks.scenarios.limit import LEASE_BATCH, LEASE_SCRIPT, ConsumerWork
+from benchmarks.scenarios.limit import (
+    LEASE_BATCH,
+    LEASE_SCRIPT,
+    ConsumerWork,
+    fill_ordered_layout,
+)
 
 CLIENTS = 2
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -100,14 +110,20 @@ def worker_split(dsn: str, messages: int) -> CpuSplit:
     )
     with db.fresh_schema(dsn, "profile") as schema:
         db.fill_backlog(dsn, schema, db.create_bench_queue(dsn, schema), messages)
-        with Children(consumers.mode, consumers.configs(dsn, schema)) as group:
-            server = server_cpu_seconds()
-            start = group.go()
-            results = group.results()
-            server = server_cpu_seconds() - server
+        split = _children_split(dsn, schema, consumers, messages)
         archived = db.count(dsn, schema, "archive")
     if archived != messages:
         raise RuntimeError(f"the workers archived {archived} of {messages}")
+    return split
+
+
+def _children_split(dsn: str, schema: str, consumers: Consumers, messages: int) -> CpuSplit:
+    """Runs the consumer processes over the schema's backlog: the CPU split of the run."""
+    with Children(consumers.mode, consumers.configs(dsn, schema)) as group:
+        server = server_cpu_seconds()
+        start = group.go()
+        results = group.results()
+        server = server_cpu_seconds() - server
     seconds = max(result["end"] for result in results) - start
     return _split(
         messages,
@@ -116,6 +132,41 @@ def worker_split(dsn: str, messages: int) -> CpuSplit:
         server,
         sum(result["cpu_seconds"] for result in results),
     )
+
+
+def _psycopg_consumers(layout: str, queue_id: int) -> Consumers:
+    return Consumers(
+        "psycopg-drain",
+        processes=CLIENTS,
+        batch_size=LEASE_BATCH,
+        concurrency=WORKER_CONCURRENCY,
+        extra={"layout": layout, "queue_id": queue_id},
+    )
+
+
+def floor_split(dsn: str, messages: int) -> CpuSplit:
+    """pgbatch's statements from plain psycopg loops, CLIENTS processes: the CPU split."""
+    with db.fresh_schema(dsn, "profile") as schema:
+        queue_id = db.create_bench_queue(dsn, schema)
+        db.fill_backlog(dsn, schema, queue_id, messages)
+        split = _children_split(dsn, schema, _psycopg_consumers("pgbatch", queue_id), messages)
+        archived = db.count(dsn, schema, "archive")
+    if archived != messages:
+        raise RuntimeError(f"the psycopg loops archived {archived} of {messages}")
+    return split
+
+
+def ordered_split(dsn: str, messages: int) -> CpuSplit:
+    """Limit (e)'s layout drained by plain psycopg loops, CLIENTS processes: the CPU split."""
+    with db.fresh_schema(dsn, "profile") as schema, db.connect(dsn) as conn:
+        queue_id = fill_ordered_layout(conn, dsn, schema, messages)
+        conn.execute(db.helper("ordered_layout_cursor_create", schema), {"queue_id": queue_id})
+        conn.execute(db.helper("ordered_layout_vacuum", schema))
+        split = _children_split(dsn, schema, _psycopg_consumers("ordered", queue_id), messages)
+        done = int(db.scalar(dsn, db.helper("ordered_layout_done_count", schema)))
+    if done != messages:
+        raise RuntimeError(f"the psycopg loops completed {done} of {messages} on layout (e)")
+    return split
 
 
 def _require_local_server(dsn: str) -> None:
@@ -128,6 +179,14 @@ def _require_local_server(dsn: str) -> None:
 SIDES = {
     "limit": f"PostgreSQL alone (limit (b), {CLIENTS} clients)",
     "worker": f"worker, batch {LEASE_BATCH}, {CLIENTS} processes",
+    "floor": f"psycopg loops on pgbatch's statements, {CLIENTS} processes",
+    "ordered": f"psycopg loops on limit (e)'s layout, {CLIENTS} processes",
+}
+MEASURES: dict[str, Callable[[str, int], CpuSplit]] = {
+    "limit": limit_split,
+    "worker": worker_split,
+    "floor": floor_split,
+    "ordered": ordered_split,
 }
 
 
@@ -146,7 +205,7 @@ def drain_profile(ctx: Context, result: ScenarioResult) -> None:
     _require_local_server(ctx.dsn)
     rounds: dict[str, list[CpuSplit]] = {side: [] for side in SIDES}
     for number in range(1, ctx.options.runs + 1):
-        for side, measure in (("limit", limit_split), ("worker", worker_split)):
+        for side, measure in MEASURES.items():
             split = measure(ctx.dsn, ctx.sizes.messages)
             rounds[side].append(split)
             log(
@@ -173,6 +232,21 @@ def drain_profile(ctx: Context, result: ScenarioResult) -> None:
         Comparison(
             "throughput, worker vs limit (b)",
             "profile.drain.worker.rate",
+            "profile.drain.limit.rate",
+        ),
+        Comparison(
+            "consumers' CPU per message, the psycopg floor's over the worker's",
+            "profile.drain.worker.consumer",
+            "profile.drain.floor.consumer",
+        ),
+        Comparison(
+            "throughput, psycopg loops on pgbatch's statements vs limit (b)",
+            "profile.drain.floor.rate",
+            "profile.drain.limit.rate",
+        ),
+        Comparison(
+            "throughput, psycopg loops on limit (e)'s layout vs limit (b)",
+            "profile.drain.ordered.rate",
             "profile.drain.limit.rate",
         ),
     ]

@@ -115,16 +115,7 @@ def ordered_lease_rate(
     With ORDERED_ARCHIVE_SCRIPT, limit (f): also an archive row per message."""
     work = ConsumerWork(batch, clients, messages)
     with db.fresh_schema(dsn, "ordered") as schema, db.connect(dsn) as conn:
-        queue_id = db.create_bench_queue(dsn, schema)
-        conn.execute(db.helper("ordered_layout_create", schema))
-        per_transaction = -(-work.backlog // ORDERED_FILL_TRANSACTIONS)
-        for low in range(1, work.backlog + 1, per_transaction):
-            high = min(low + per_transaction - 1, work.backlog)
-            with conn.transaction():
-                conn.execute(
-                    db.helper("ordered_layout_fill", schema),
-                    {"queue_id": queue_id, "low": low, "high": high},
-                )
+        queue_id = fill_ordered_layout(conn, dsn, schema, work.backlog)
         params = {"queue_id": queue_id}
         rate = _drain_layout(conn, dsn, schema, work, "ordered_layout", script, params)
         if script == ORDERED_ARCHIVE_SCRIPT:
@@ -132,6 +123,23 @@ def ordered_lease_rate(
             if archived != work.moved:
                 raise PgbenchError(f"limit (f) archived {archived} of {work.moved}")
         return rate
+
+
+def fill_ordered_layout(conn: psycopg.Connection[Any], dsn: str, schema: str, messages: int) -> int:
+    """Creates layout (e)'s tables in ``schema`` and writes ``messages`` into them with
+    ORDERED_FILL_TRANSACTIONS transactions (so that claims cross transaction boundaries); the
+    benchmark queue's id."""
+    queue_id = db.create_bench_queue(dsn, schema)
+    conn.execute(db.helper("ordered_layout_create", schema))
+    per_transaction = -(-messages // ORDERED_FILL_TRANSACTIONS)
+    for low in range(1, messages + 1, per_transaction):
+        high = min(low + per_transaction - 1, messages)
+        with conn.transaction():
+            conn.execute(
+                db.helper("ordered_layout_fill", schema),
+                {"queue_id": queue_id, "low": low, "high": high},
+            )
+    return queue_id
 
 
 def ordered_archive_rate(dsn: str, *, batch: int, clients: int, messages: int) -> float:

@@ -151,5 +151,46 @@ INSERT INTO {schema}.ordered_cursor (queue_id, txid, id) VALUES (%(queue_id)s, '
 -- name: ordered_layout_vacuum
 VACUUM (ANALYZE) {schema}.ordered_event;
 
+-- name: ordered_layout_claim
+-- limit_ordered_lease.sql's claim for a Python consumer (the drain-profile scenario's
+-- psycopg loop): the next batch after the queue's cursor, leased with one row; the lease's
+-- token, the messages' ids and payloads (no row when the queue is drained).
+WITH cursor_now AS (
+    SELECT txid, id FROM {schema}.ordered_cursor WHERE queue_id = %(queue_id)s FOR UPDATE
+),
+picked AS (
+    SELECT e.txid, e.id, e.payload
+    FROM cursor_now c
+    CROSS JOIN LATERAL (
+        SELECT e.txid, e.id, e.payload
+        FROM {schema}.ordered_event e
+        WHERE e.queue_id = %(queue_id)s
+          AND (e.txid, e.id) > (c.txid, c.id)
+          AND e.txid < pg_snapshot_xmin(pg_current_snapshot())
+        ORDER BY e.txid, e.id
+        LIMIT %(batch)s
+    ) AS e
+),
+moved AS (
+    UPDATE {schema}.ordered_cursor c SET txid = last.txid, id = last.id
+    FROM (SELECT txid, id FROM picked ORDER BY txid DESC, id DESC LIMIT 1) AS last
+    WHERE c.queue_id = %(queue_id)s
+    RETURNING c.queue_id
+),
+lease AS (
+    INSERT INTO {schema}.ordered_lease (token, queue_id, ids, leased_until)
+    SELECT nextval({lease_token_seq}), %(queue_id)s, array_agg(id), now() + interval '30 seconds'
+    FROM picked
+    HAVING count(*) > 0
+    RETURNING token
+)
+SELECT (SELECT token FROM lease) AS token, array_agg(p.id) AS ids,
+       array_agg(p.payload) AS payloads, (SELECT count(*) FROM moved) AS moved
+FROM picked p
+HAVING count(*) > 0;
+
+-- name: ordered_layout_complete
+UPDATE {schema}.ordered_lease SET done_at = now() WHERE token = %(token)s AND done_at IS NULL;
+
 -- name: ordered_layout_done_count
 SELECT coalesce(sum(cardinality(ids)), 0) FROM {schema}.ordered_lease WHERE done_at IS NOT NULL;
