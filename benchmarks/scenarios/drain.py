@@ -138,13 +138,27 @@ def drain_worker(ctx: Context, result: ScenarioResult) -> None:
         )
         for size, n in WORKER_CASES
     ]
+    # The handler above is a plain function, which the worker runs in a thread; the same
+    # no-op as a coroutine runs on the event loop: the difference is the thread hand-off.
+    on_loop = _case(
+        ctx,
+        "drain.worker.b100.p2.async",
+        "worker, batch 100, 2 processes, async no-op handler",
+        Consumers(
+            "worker-drain",
+            processes=2,
+            batch_size=100,
+            concurrency=WORKER_CONCURRENCY,
+            extra={"handler": "noop_async"},
+        ),
+    )
     command = Case(
         "drain.cli.b100.p2",
         "pgbatch worker command, batch 100, 2 processes (incl. start-up)",
         "msg/s",
         lambda: cli_drain_rate(ctx.dsn, ctx.sizes.messages, 2, 100),
     )
-    ctx.rounds(result, [*_limits(ctx, "drain.worker"), *workers, command])
+    ctx.rounds(result, [*_limits(ctx, "drain.worker"), *workers, on_loop, command])
     result.comparisons += [
         _versus_limit(
             f"worker, batch {size}, {_plural(n)}",
@@ -156,10 +170,20 @@ def drain_worker(ctx: Context, result: ScenarioResult) -> None:
         for size, n in WORKER_CASES
     ]
     result.comparisons.append(
+        _versus_limit(
+            "worker, batch 100, 2 processes, async no-op handler",
+            "drain.worker.b100.p2.async",
+            "drain.worker",
+            2,
+        )
+    )
+    result.comparisons.append(
         _versus_limit("pgbatch worker command", "drain.cli.b100.p2", "drain.worker", 2)
     )
     result.notes.append(
-        f"Each process: App.run_worker(until_empty=True, concurrency={WORKER_CONCURRENCY});"
+        f"Each process: App.run_worker(until_empty=True, concurrency={WORKER_CONCURRENCY}),"
+        " the no-op handler a plain function (run in the worker's threads) but in the async"
+        " case, a coroutine (run on the event loop);"
         " timed from the start signal (after imports, before the worker connects) to the last"
         " process's return. The `pgbatch worker` command (supervisor + 2 children, its default"
         " concurrency) is timed from launch to exit: interpreter start-up included."
