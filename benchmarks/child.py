@@ -7,7 +7,8 @@ Modes:
 - ``psycopg-drain``: no pgbatch runtime, a floor for it: ``concurrency`` psycopg async
   connections, each pipelining the settle of its last batch with the claim of the next. The
   ``layout`` is ``pgbatch`` (pgbatch's own dequeue and archive statements, rows loaded and
-  nothing more) or ``ordered`` (limit (e)'s batch leases claimed in commit order).
+  nothing more) or ``ordered`` (limit (e)'s batch leases claimed in commit order). With
+  ``until`` (ordered only), an empty claim polls until that many messages are settled.
 
 The worker modes take a handler from the config: ``noop`` (sync, so run in a thread) or
 ``noop_async`` (on the event loop); ``slow`` (async, awaits a call
@@ -29,6 +30,8 @@ from typing import Any
 import pgbatch
 
 Config = dict[str, Any]
+# How long a psycopg-drain lane with ``until`` waits after an empty claim.
+IDLE_POLL_SECONDS = 0.002
 # Set when the start signal comes: _finish reports the CPU this process used since.
 _CPU_AT_GO = 0.0
 
@@ -131,7 +134,19 @@ async def _psycopg_lane(config: Config, statements: dict[str, bytes]) -> int:
             rows = await cur.fetchall()
             held = (rows[0] if rows else None) if ordered else (rows or None)
             if held is None:
+                if await _more_to_come(conn, config, statements):
+                    await asyncio.sleep(IDLE_POLL_SECONDS)
+                    continue
                 return settled
+
+
+async def _more_to_come(conn: Any, config: Config, statements: dict[str, bytes]) -> bool:
+    """With ``until`` (messages still being produced), whether fewer have been settled."""
+    until = config.get("until")
+    if until is None:
+        return False
+    row = await (await conn.execute(statements["done"])).fetchone()
+    return int(row[0]) < int(until)
 
 
 def psycopg_drain(config: Config) -> None:
@@ -143,6 +158,7 @@ def psycopg_drain(config: Config) -> None:
         statements = {
             "claim": helper("ordered_layout_claim", schema),
             "settle": helper("ordered_layout_complete", schema),
+            "done": helper("ordered_layout_done_count", schema),
         }
     else:
         queries = Queries(schema)

@@ -29,6 +29,7 @@ _MODULES = (
     "enqueue_profile",
     "drain",
     "drain_profile",
+    "claim_horizon",
     "slow_io",
     "latency",
     "churn",

@@ -192,5 +192,23 @@ HAVING count(*) > 0;
 -- name: ordered_layout_complete
 UPDATE {schema}.ordered_lease SET done_at = now() WHERE token = %(token)s AND done_at IS NULL;
 
+-- name: horizon_holder_create
+-- What the claim-horizon scenario's long transactions write to.
+CREATE TABLE {schema}.horizon_holder (n bigint GENERATED ALWAYS AS IDENTITY);
+
+-- name: ordered_layout_analyze
+-- Statistics for the latency query below: without them it joins the claimed ids to the log
+-- by a nested loop over a sequential scan (minutes at 100,000 messages).
+ANALYZE {schema}.ordered_event, {schema}.ordered_lease;
+
+-- name: ordered_layout_claim_latency
+-- Seconds from each event's enqueue (its transaction's start) to its claim (the claiming
+-- transaction's start): the median and the 99th percentile.
+SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (
+           ORDER BY extract(epoch FROM (l.leased_until - interval '30 seconds') - e.enqueued_at))
+FROM {schema}.ordered_lease l
+CROSS JOIN LATERAL unnest(l.ids) AS claimed(id)
+JOIN {schema}.ordered_event e ON e.id = claimed.id;
+
 -- name: ordered_layout_done_count
 SELECT coalesce(sum(cardinality(ids)), 0) FROM {schema}.ordered_lease WHERE done_at IS NOT NULL;
