@@ -97,14 +97,17 @@ async def _psycopg_lane(config: Config, statements: dict[str, bytes]) -> int:
     from pgbatch.db import configure_adapters
 
     ordered = config["layout"] == "ordered"
-    claim = {"queue_id": config["queue_id"], "batch": int(config["batch_size"])}
-    if not ordered:
-        claim = {
+    batch = int(config["batch_size"])
+    claim = (
+        {"queue_id": config["queue_id"], "batch": batch}
+        if ordered
+        else {
             "queue_id": config["queue_id"],
-            "limit": int(config["batch_size"]),
+            "limit": batch,
             "lease_seconds": 30.0,
             "done_channel": "pgbatch_bench_done",
         }
+    )
     settled = 0
     conn = await psycopg.AsyncConnection.connect(config["dsn"], autocommit=True)
     async with conn:

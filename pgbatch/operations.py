@@ -233,12 +233,11 @@ def messages_from_rows(
     """Messages from message_dequeue_many rows, by priority then id; with a model, also the
     messages whose payload fails it, each with the error."""
     # The rows' columns are Message's fields in order. Sorted as tuples with C-level keys
-    # (by id, then stably by priority, highest first, only when priorities differ): two
-    # and a half times faster than sorting the messages by a Python key (measured per batch
-    # of 100: 96 -> 38 us, with the construction).
+    # (by id, then stably by priority, highest first): two and a half times faster than
+    # sorting the messages by a Python key (measured per batch of 100: 96 -> 38 us, with
+    # the construction).
     ordered = sorted(rows, key=_ID)
-    if len({row[_PRIORITY_COLUMN] for row in ordered}) > 1:
-        ordered.sort(key=_PRIORITY, reverse=True)
+    ordered.sort(key=_PRIORITY, reverse=True)
     if model is None:
         return list(starmap(Message, ordered)), []
     messages: list[Message[Any]] = []
@@ -254,9 +253,8 @@ def messages_from_rows(
     return messages, misfits
 
 
-_PRIORITY_COLUMN = 6
 _ID = itemgetter(0)
-_PRIORITY = itemgetter(_PRIORITY_COLUMN)
+_PRIORITY = itemgetter(6)
 
 
 def held_params(
