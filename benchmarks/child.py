@@ -7,7 +7,9 @@ Modes:
 - ``psycopg-drain``: no pgbatch runtime, a floor for it: ``concurrency`` psycopg async
   connections, each pipelining the settle of its last batch with the claim of the next. The
   ``layout`` is ``pgbatch`` (pgbatch's own dequeue and archive statements, rows loaded and
-  nothing more) or ``ordered`` (limit (e)'s batch leases claimed in commit order). With
+  nothing more), ``ordered`` (limit (e)'s batch leases claimed in commit order), ``packs``
+  (limit (g): a pack of messages leased and archived as one row, its payloads decoded) or
+  ``packs-archived`` (limit (h): the same, archived as a row per message). With
   ``until`` (ordered only), an empty claim polls until that many messages are settled.
 
 The worker modes take a handler from the config: ``noop`` (sync, so run in a thread) or
@@ -96,11 +98,15 @@ async def _psycopg_lane(config: Config, statements: dict[str, bytes]) -> int:
 
     from pgbatch.db import configure_adapters
 
-    ordered = config["layout"] == "ordered"
+    layout = config["layout"]
+    ordered = layout == "ordered"
+    packs = layout in ("packs", "packs-archived")
     batch = int(config["batch_size"])
     claim = (
         {"queue_id": config["queue_id"], "batch": batch}
         if ordered
+        else {"queue_id": config["queue_id"]}
+        if packs
         else {
             "queue_id": config["queue_id"],
             "limit": batch,
@@ -120,6 +126,10 @@ async def _psycopg_lane(config: Config, statements: dict[str, bytes]) -> int:
                     settle = conn.cursor()
                     if ordered:
                         await settle.execute(statements["settle"], {"token": held[0]})
+                    elif packs:
+                        await settle.execute(
+                            statements["settle"], {"id": held[0], "token": held[1]}
+                        )
                     else:
                         await settle.execute(
                             statements["settle"],
@@ -133,9 +143,15 @@ async def _psycopg_lane(config: Config, statements: dict[str, bytes]) -> int:
                 cur = conn.cursor()
                 await cur.execute(statements["claim"], claim)
             if settle is not None:
-                settled += len(held[1]) if ordered else len(await settle.fetchall())
+                settled += (
+                    len(held[1])
+                    if ordered
+                    else len(held[2])
+                    if packs
+                    else len(await settle.fetchall())
+                )
             rows = await cur.fetchall()
-            held = (rows[0] if rows else None) if ordered else (rows or None)
+            held = (rows[0] if rows else None) if ordered or packs else (rows or None)
             if held is None:
                 if await _more_to_come(conn, config, statements):
                     await asyncio.sleep(IDLE_POLL_SECONDS)
@@ -162,6 +178,12 @@ def psycopg_drain(config: Config) -> None:
             "claim": helper("ordered_layout_claim", schema),
             "settle": helper("ordered_layout_complete", schema),
             "done": helper("ordered_layout_done_count", schema),
+        }
+    elif config["layout"] in ("packs", "packs-archived"):
+        complete = "_archived" if config["layout"] == "packs-archived" else ""
+        statements = {
+            "claim": helper("pack_layout_claim", schema),
+            "settle": helper(f"pack_layout_complete{complete}", schema),
         }
     else:
         queries = Queries(schema)

@@ -11,8 +11,10 @@ the CPU of both sides of the comparison, in the same rounds:
 - a floor for the worker: 2 processes of plain psycopg loops (as many connections each as
   the worker has lanes) sending pgbatch's own dequeue and archive statements, pipelined as
   the worker does, with nothing else in Python: what any runtime on psycopg would cost;
-- the same loops on limit (e)'s layout (batch leases claimed in commit order): what Python
-  consumers would reach after the redesign BENCHMARKS.md describes.
+- the same loops on limit (e)'s layout (batch leases claimed in commit order), on limit
+  (g)'s (packs of 100 messages leased and archived as one row each) and on limit (h)'s
+  (packs archived as a row per message): what Python consumers would reach after the
+  redesigns docs/proposal-batch-leases.md describes.
 
 The server's CPU is read from /proc for every process named ``postgres`` on this host, so
 the scenario needs the database on the same machine (it is skipped otherwise), and anything
@@ -38,6 +40,7 @@ from benchmarks.scenarios.limit import (
     LEASE_SCRIPT,
     ConsumerWork,
     fill_ordered_layout,
+    fill_pack_layout,
 )
 
 CLIENTS = 2
@@ -169,6 +172,27 @@ def ordered_split(dsn: str, messages: int) -> CpuSplit:
     return split
 
 
+def packs_split(dsn: str, messages: int, layout: str = "packs") -> CpuSplit:
+    """Limit (g)'s layout drained by plain psycopg loops, CLIENTS processes: the CPU split.
+    With ``layout`` "packs-archived", limit (h)'s (an archive row per message)."""
+    with db.fresh_schema(dsn, "profile") as schema, db.connect(dsn) as conn:
+        queue_id = fill_pack_layout(conn, dsn, schema, messages, LEASE_BATCH)
+        conn.execute(db.helper("pack_layout_vacuum", schema))
+        split = _children_split(dsn, schema, _psycopg_consumers(layout, queue_id), messages)
+        done = (
+            db.count(dsn, schema, "archive")
+            if layout == "packs-archived"
+            else int(db.scalar(dsn, db.helper("pack_layout_done_count", schema)))
+        )
+    if done != messages:
+        raise RuntimeError(f"the psycopg loops archived {done} of {messages} on {layout}")
+    return split
+
+
+def packs_archived_split(dsn: str, messages: int) -> CpuSplit:
+    return packs_split(dsn, messages, "packs-archived")
+
+
 def _require_local_server(dsn: str) -> None:
     if server_cpu_seconds() == 0.0:
         raise Skip("no PostgreSQL process on this host: the server's CPU cannot be read")
@@ -181,12 +205,16 @@ SIDES = {
     "worker": f"worker, batch {LEASE_BATCH}, {CLIENTS} processes",
     "floor": f"psycopg loops on pgbatch's statements, {CLIENTS} processes",
     "ordered": f"psycopg loops on limit (e)'s layout, {CLIENTS} processes",
+    "packs": f"psycopg loops on limit (g)'s packs, {CLIENTS} processes",
+    "packs_archived": f"psycopg loops on limit (h)'s packs, {CLIENTS} processes",
 }
 MEASURES: dict[str, Callable[[str, int], CpuSplit]] = {
     "limit": limit_split,
     "worker": worker_split,
     "floor": floor_split,
     "ordered": ordered_split,
+    "packs": packs_split,
+    "packs_archived": packs_archived_split,
 }
 
 
@@ -247,6 +275,16 @@ def drain_profile(ctx: Context, result: ScenarioResult) -> None:
         Comparison(
             "throughput, psycopg loops on limit (e)'s layout vs limit (b)",
             "profile.drain.ordered.rate",
+            "profile.drain.limit.rate",
+        ),
+        Comparison(
+            "throughput, psycopg loops on limit (g)'s packs vs limit (b)",
+            "profile.drain.packs.rate",
+            "profile.drain.limit.rate",
+        ),
+        Comparison(
+            "throughput, psycopg loops on limit (h)'s packs (archive rows) vs limit (b)",
+            "profile.drain.packs_archived.rate",
             "profile.drain.limit.rate",
         ),
     ]

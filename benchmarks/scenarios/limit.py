@@ -23,10 +23,14 @@ LEASE_SCRIPT = "limit_lease_archive.sql"
 BATCH_LEASE_SCRIPT = "limit_batch_lease.sql"
 ORDERED_LEASE_SCRIPT = "limit_ordered_lease.sql"
 ORDERED_ARCHIVE_SCRIPT = "limit_ordered_archive.sql"
+PACK_LEASE_SCRIPT = "limit_pack_lease.sql"
+PACK_ARCHIVE_SCRIPT = "limit_pack_lease_archived.sql"
 ORDERED_FILL_TRANSACTIONS = 100
 BATCH_LEASES = "batch leases"  # limit (d)
 ORDERED = "claims ordered by commit"  # limit (e)
 ORDERED_ARCHIVED = "ordered claims, archive row per message"  # limit (f)
+PACKS = "packs of 100 messages, leased and archived as rows"  # limit (g)
+PACKS_ARCHIVED = "packs, archive row per message"  # limit (h)
 LEASE_BATCH = 100
 
 
@@ -125,6 +129,46 @@ def ordered_lease_rate(
         return rate
 
 
+def pack_lease_rate(
+    dsn: str, *, batch: int, clients: int, messages: int, script: str = PACK_LEASE_SCRIPT
+) -> float:
+    """Limit (g): limit (b)'s loop on packs of ``batch`` messages (a row per pack). With
+    PACK_ARCHIVE_SCRIPT, limit (h): the archive keeps a row per message."""
+    work = ConsumerWork(batch, clients, messages)
+    with db.fresh_schema(dsn, "packs") as schema, db.connect(dsn) as conn:
+        queue_id = fill_pack_layout(conn, dsn, schema, work.backlog, batch)
+        params = {"queue_id": queue_id}
+        if script == PACK_LEASE_SCRIPT:
+            return _drain_layout(
+                conn, dsn, schema, work, "pack_layout", script, params, cursor=False
+            )
+        conn.execute(db.helper("pack_layout_vacuum", schema))
+        rate = work.run(dsn, schema, script, queue_id)
+        archived = db.count(dsn, schema, "archive")
+    if archived != work.moved:
+        raise PgbenchError(f"limit (h) archived {archived} of {work.moved}")
+    return rate
+
+
+def pack_archive_rate(dsn: str, *, batch: int, clients: int, messages: int) -> float:
+    """Limit (h): limit (g) with an archive row per message."""
+    return pack_lease_rate(
+        dsn, batch=batch, clients=clients, messages=messages, script=PACK_ARCHIVE_SCRIPT
+    )
+
+
+def fill_pack_layout(
+    conn: psycopg.Connection[Any], dsn: str, schema: str, messages: int, pack: int
+) -> int:
+    """Creates layout (g)'s tables in ``schema`` and writes ``messages`` into them in packs of
+    ``pack``; the benchmark queue's id."""
+    queue_id = db.create_bench_queue(dsn, schema)
+    conn.execute(db.helper("pack_layout_create", schema))
+    params = {"queue_id": queue_id, "count": messages, "pack": pack}
+    conn.execute(db.helper("pack_layout_fill", schema), params)
+    return queue_id
+
+
 def fill_ordered_layout(conn: psycopg.Connection[Any], dsn: str, schema: str, messages: int) -> int:
     """Creates layout (e)'s tables in ``schema`` and writes ``messages`` into them with
     ORDERED_FILL_TRANSACTIONS transactions (so that claims cross transaction boundaries); the
@@ -157,9 +201,13 @@ def _drain_layout(
     layout: str,
     script: str,
     params: dict[str, int],
+    *,
+    cursor: bool = True,
 ) -> float:
-    """Starts the queue's cursor on a filled layout, runs ``script``, checks the work done."""
-    conn.execute(db.helper(f"{layout}_cursor_create", schema), params)
+    """Starts the queue's cursor on a filled layout (if it has one), runs ``script``, checks
+    the work done."""
+    if cursor:
+        conn.execute(db.helper(f"{layout}_cursor_create", schema), params)
     conn.execute(db.helper(f"{layout}_vacuum", schema))
     rate = work.run(dsn, schema, script, params["queue_id"])
     done = int(db.scalar(dsn, db.helper(f"{layout}_done_count", schema)))
@@ -254,6 +302,16 @@ def limit(ctx: Context, result: ScenarioResult) -> None:
                 )
                 for n in (1, 2)
             ),
+            *(
+                layout_case(ctx, f"limit.pack_lease_100.c{n}", n, PACKS, pack_lease_rate)
+                for n in (1, 2)
+            ),
+            *(
+                layout_case(
+                    ctx, f"limit.pack_archive_100.c{n}", n, PACKS_ARCHIVED, pack_archive_rate
+                )
+                for n in (1, 2)
+            ),
         ],
     )
     result.comparisons += [
@@ -281,6 +339,16 @@ def limit(ctx: Context, result: ScenarioResult) -> None:
             "limit.ordered_archive_100.c2",
             "limit.lease_archive_100.c2",
         ),
+        Comparison(
+            "alternative layout, packs (g) vs the naive loop (b), 2 clients",
+            "limit.pack_lease_100.c2",
+            "limit.lease_archive_100.c2",
+        ),
+        Comparison(
+            "alternative layout, packs with archive rows (h) vs the naive loop (b), 2 clients",
+            "limit.pack_archive_100.c2",
+            "limit.lease_archive_100.c2",
+        ),
     ]
     result.notes.append(
         "(a) ids from the queue's sequence, payloads cast from JSON text to jsonb as COPY does;"
@@ -293,7 +361,10 @@ def limit(ctx: Context, result: ScenarioResult) -> None:
         " same with claims ordered by commit (the inserting transaction's xid8, claimed only"
         " below the snapshot's xmin, consumers taking turns on the cursor row), from a backlog"
         f" written by {ORDERED_FILL_TRANSACTIONS} transactions; (f) (e) plus an archive row"
-        " per message, copied by primary-key range when the batch completes."
+        " per message, copied by primary-key range when the batch completes; (g) packs: the"
+        " messages stored 100 to a row (one JSON array of payloads), and (b)'s loop run on"
+        " those rows, a pack leased and archived whole; (h) (g) with the archive unpacked into a"
+        " row per message, as today's archive keeps them."
         " pgbench -M prepared. The enqueue and drain scenarios rerun the limit they compare"
         " with in their own rounds."
     )

@@ -109,6 +109,97 @@ VACUUM (ANALYZE) {schema}.batch_event;
 -- name: batch_layout_done_count
 SELECT coalesce(sum(high - low), 0) FROM {schema}.batch_lease WHERE done_at IS NOT NULL;
 
+-- name: pack_layout_create
+-- Limit (g): packs. A producer's batch is stored as rows of up to :batch messages each (a
+-- "pack": the first id, the count, the payloads as one JSON array), and the naive loop of
+-- limit (b) runs on packs instead of messages: a lease is one row version per pack, the
+-- archive one delete and one insert per pack. Row locks and SKIP LOCKED as today, so no
+-- claim order by commit and no snapshot horizon (limit (e)'s risk) are needed.
+CREATE TABLE {schema}.pack (
+    id          bigint PRIMARY KEY,
+    queue_id    integer NOT NULL,
+    size        integer NOT NULL,
+    visible_at  timestamptz NOT NULL DEFAULT now(),
+    attempts    integer NOT NULL DEFAULT 0,
+    lease_token bigint,
+    enqueued_at timestamptz NOT NULL DEFAULT now(),
+    payloads    jsonb NOT NULL
+) WITH (fillfactor = 80);
+CREATE INDEX pack_dequeue_idx ON {schema}.pack (queue_id, visible_at);
+CREATE TABLE {schema}.pack_archive (
+    id          bigint NOT NULL,
+    queue_id    integer NOT NULL,
+    size        integer NOT NULL,
+    attempts    integer NOT NULL,
+    enqueued_at timestamptz NOT NULL,
+    archived_at timestamptz NOT NULL DEFAULT now(),
+    payloads    jsonb NOT NULL
+);
+CREATE INDEX pack_archive_id_idx ON {schema}.pack_archive (id);
+
+-- name: pack_layout_fill
+-- The same backlog as backlog_insert, in packs of %(pack)s messages.
+INSERT INTO {schema}.pack (id, queue_id, size, payloads)
+SELECT p * %(pack)s + 1, %(queue_id)s, %(pack)s, (
+    SELECT jsonb_agg(
+        jsonb_build_object('user_id', n, 'email', 'u' || n || '@example.com') ORDER BY n
+    )
+    FROM generate_series(p * %(pack)s + 1, (p + 1) * %(pack)s) AS n
+)
+FROM generate_series(0, %(count)s / %(pack)s - 1) AS p;
+
+-- name: pack_layout_vacuum
+VACUUM (ANALYZE) {schema}.pack;
+
+-- name: pack_layout_done_count
+SELECT coalesce(sum(size), 0) FROM {schema}.pack_archive;
+
+-- name: pack_layout_claim
+-- limit_pack_lease.sql's lease for a Python consumer (the drain-profile scenario's psycopg
+-- loop): the next visible pack, leased; its id, token and payloads (no row when drained).
+WITH candidate AS (
+    SELECT id FROM {schema}.pack
+    WHERE queue_id = %(queue_id)s AND visible_at <= now()
+    ORDER BY visible_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.pack p
+SET visible_at = now() + interval '30 seconds', attempts = p.attempts + 1,
+    lease_token = nextval({lease_token_seq})
+FROM candidate c
+WHERE p.id = c.id
+RETURNING p.id, p.lease_token, p.payloads;
+
+-- name: pack_layout_complete
+-- limit_pack_lease.sql's archive: the pack, fenced by its token, moved to the archive.
+WITH done AS (
+    DELETE FROM {schema}.pack p
+    WHERE p.id = %(id)s AND p.lease_token = %(token)s
+    RETURNING p.id, p.queue_id, p.size, p.attempts, p.enqueued_at, p.payloads
+)
+INSERT INTO {schema}.pack_archive (id, queue_id, size, attempts, enqueued_at, payloads)
+SELECT id, queue_id, size, attempts, enqueued_at, payloads FROM done;
+
+-- name: pack_layout_complete_archived
+-- limit_pack_lease_archived.sql's archive: the pack, fenced by its token, unpacked into the
+-- archive, a row per message.
+WITH done AS (
+    DELETE FROM {schema}.pack p
+    WHERE p.id = %(id)s AND p.lease_token = %(token)s
+    RETURNING p.id, p.queue_id, p.attempts, p.enqueued_at, p.payloads
+)
+INSERT INTO {schema}.archive (id, queue_id, priority, attempts, enqueued_at, payload)
+SELECT d.id + e.position - 1, d.queue_id, 0, d.attempts, d.enqueued_at, e.payload
+FROM done d
+CROSS JOIN LATERAL jsonb_array_elements(d.payloads) WITH ORDINALITY AS e(payload, position);
+
+-- name: pack_layout_sizes
+-- How a pack is stored: bytes of its payloads on disk (compressed or out of line) and in
+-- memory.
+SELECT avg(pg_column_size(payloads))::integer, avg(octet_length(payloads::text))::integer
+FROM {schema}.pack;
+
 -- name: ordered_layout_create
 -- Limit (e): limit (d)'s write pattern with claims ordered by commit, the question a redesign
 -- has to answer first. Each message carries the id of the transaction that inserted it
