@@ -103,9 +103,9 @@ def drain_fresh_backlog(
     """A fresh schema with ``messages`` ready, drained by ``consumers``."""
     with db.fresh_schema(dsn, "drain") as schema:
         queue_id = db.create_bench_queue(dsn, schema, **queue_settings)
-        db.fill_backlog(dsn, schema, queue_id, messages)
+        db.fill_backlog(dsn, schema, queue_id, messages, packs=True)
         run = drain(dsn, schema, consumers, messages, sample_rss=sample_rss)
-        left = db.count(dsn, schema, "message")
+        left = db.count(dsn, schema, "queued")
     if left:
         raise RuntimeError(f"drain left {left} messages in the queue")
     return run

@@ -71,16 +71,25 @@ def create_bench_queue(dsn: str, schema: str, **settings: Any) -> int:
         return client.create_queue(QUEUE_NAME, **settings).info.id
 
 
-def fill_backlog(dsn: str, schema: str, queue_id: int, count: int) -> None:
-    """``count`` ready messages, then VACUUM ANALYZE so every run starts from the same state."""
+def fill_backlog(dsn: str, schema: str, queue_id: int, count: int, *, packs: bool = False) -> None:
+    """``count`` ready messages, then VACUUM ANALYZE so every run starts from the same state.
+    With ``packs``, stored as batch_enqueue stores a plain batch (migration 0005); else one
+    per row, as the naive loop of limit (b) and pgbatch's per-message path have them."""
     with connect(dsn) as conn:
-        conn.execute(helper("backlog_insert", schema), {"queue_id": queue_id, "count": count})
-        table = sql.Identifier(schema, "message")
+        if packs:
+            from pgbatch.operations import PACK_SIZE
+
+            params = {"queue_id": queue_id, "count": count, "pack": PACK_SIZE}
+            conn.execute(helper("pack_backlog_insert", schema), params)
+        else:
+            conn.execute(helper("backlog_insert", schema), {"queue_id": queue_id, "count": count})
+        table = sql.Identifier(schema, "message_pack" if packs else "message")
         conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(table))
 
 
 def count(dsn: str, schema: str, what: str) -> int:
-    """Rows left in ``message`` or written to ``archive``."""
+    """Rows left in ``message``, messages still queued (``queued``: alone or in packs), or
+    rows written to ``archive``."""
     return int(scalar(dsn, helper(f"{what}_count", schema)))
 
 

@@ -47,6 +47,9 @@ class Message(Generic[P]):
     last_error: str | None = None
     # The previous delivery's lease ran out unsettled: its consumer may have crashed on it.
     after_expired_lease: bool = False
+    # The pack this message was delivered in (migration 0005), None if it was stored alone.
+    # Settling a whole pack takes one statement; anything else unpacks it first.
+    pack_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,18 +71,23 @@ def positive_int(value: int, what: str) -> int:
     return value
 
 
-# Payloads are encoded and sent in chunks of this many, so that encoding the next chunk
-# overlaps with the server parsing the previous one.
-COPY_CHUNK = 256
+# A plain batch is stored in packs of at most this many messages (migration 0005), and at
+# most PACK_MAX_BYTES of payloads: a pack is leased and archived with one row.
+PACK_SIZE = 100
+PACK_MAX_BYTES = 1 << 20
+# Payloads are encoded and sent in chunks of this many (whole packs), so that encoding the
+# next chunk overlaps with the server parsing the previous one.
+COPY_CHUNK = 3 * PACK_SIZE
 
 
-def copy_chunks(
+def pack_copy_chunks(
     ids: Sequence[int],
     queue: QueueInfo,
     payloads: Sequence[Any],
     model: type[pydantic.BaseModel] | None,
 ) -> Iterator[bytes]:
-    """COPY text-format data for the message table, a chunk at a time.
+    """COPY text-format data for the packs' table, a chunk of packs at a time: each row the
+    first id, the queue, the ids as an array and the payloads as one JSON array.
 
     orjson never writes raw tabs, newlines or carriage returns, so the backslash is the only
     byte to escape. A bad payload raises mid-COPY, which aborts the whole transaction.
@@ -95,11 +100,28 @@ def copy_chunks(
             max_bytes=queue.max_payload_bytes,
             first_index=start,
         )
-        data = b"".join(
-            b"%d%s%s\n" % (message_id, column, payload)
-            for message_id, payload in zip(ids[start : start + COPY_CHUNK], chunk, strict=True)
-        )
+        chunk_ids = ids[start : start + COPY_CHUNK]
+        rows = []
+        for low, high in _pack_bounds(chunk):
+            pack_ids = ",".join(map(str, chunk_ids[low:high])).encode()
+            rows.append(
+                b"%d%s{%s}\t[%s]\n" % (chunk_ids[low], column, pack_ids, b",".join(chunk[low:high]))
+            )
+        data = b"".join(rows)
         yield data.replace(b"\\", b"\\\\") if b"\\" in data else data
+
+
+def _pack_bounds(encoded: Sequence[bytes]) -> Iterator[tuple[int, int]]:
+    """(low, high) slices of ``encoded`` for packs of PACK_SIZE messages, cut earlier where
+    their payloads would pass PACK_MAX_BYTES."""
+    low, size = 0, 0
+    for index, payload in enumerate(encoded):
+        if index > low and (index - low == PACK_SIZE or size + len(payload) > PACK_MAX_BYTES):
+            yield low, index
+            low, size = index, 0
+        size += len(payload)
+    if low < len(encoded):
+        yield low, len(encoded)
 
 
 def enqueue_needs_transaction(dedup_keys: Sequence[str | None] | None) -> bool:
@@ -148,7 +170,7 @@ def batch_enqueue(
     if plain and len(payloads) > COPY_THRESHOLD:
         # Payloads are encoded while the COPY streams: a bad one aborts the COPY, whole.
         ids = yield from reserve_ids(q, reservoir, len(payloads))
-        yield CopyIn(q.message_copy, copy_chunks(ids, queue, payloads, model))
+        yield CopyIn(q.message_pack_copy, pack_copy_chunks(ids, queue, payloads, model))
         return ids
     # Small or special batches: validate everything before touching the database.
     encoded = encode_payloads(payloads, model=model, max_bytes=queue.max_payload_bytes)
@@ -216,6 +238,7 @@ def dequeue_many(
     if misfits:
         # A stored payload that fails the model will fail on every delivery: dead-letter it
         # at once, with the validation error, instead of handing it out or retrying it.
+        yield from unpack_held(q, [message for message, _ in misfits])
         yield Statement(
             q.message_bury_many,
             {
@@ -255,6 +278,20 @@ def messages_from_rows(
 
 _ID = itemgetter(0)
 _PRIORITY = itemgetter(6)
+
+
+def unpack_held(q: Queries, messages: Sequence[Message[Any]]) -> Plan[None]:
+    """Moves the packs these messages were delivered in into the message table, their lease
+    unchanged, so that a per-message statement can act on them (migration 0005)."""
+    packs = {(m.pack_id, m.lease_token) for m in messages if m.pack_id is not None}
+    if not packs:
+        return
+    yield Statement(
+        q.message_pack_unpack,
+        {"packs": [pack for pack, _ in packs], "tokens": [token for _, token in packs]},
+    )
+    for message in messages:
+        message.pack_id = None
 
 
 def held_params(
@@ -302,6 +339,17 @@ def archive_many(
         if results is not None
         else [None] * len(messages)
     )
+    archived: list[int] = []
+    if any(m.pack_id is not None for m in messages):
+        archived = yield from _archive_packs(q, target, messages, results_json)
+        done = set(archived)
+        rest = [(m, r) for m, r in zip(messages, results_json, strict=True) if m.id not in done]
+        if not rest:
+            return archived
+        # Part of a pack, a pack no longer held, or messages stored alone.
+        messages = [m for m, _ in rest]
+        results_json = [r for _, r in rest]
+        yield from unpack_held(q, messages)
     token = messages[0].lease_token
     if all(m.lease_token == token for m in messages) and all(r is None for r in results_json):
         ids = [m.id for m in messages]
@@ -313,6 +361,33 @@ def archive_many(
             q.message_archive_many, {**held_params(messages, results_json), **target.params()}
         )
     rows = yield statement
+    return archived + [row[0] for row in rows]
+
+
+def _archive_packs(
+    q: Queries,
+    target: Target,
+    messages: Sequence[Message[Any]],
+    results_json: Sequence[Any],
+) -> Plan[list[int]]:
+    """Archives the whole packs among ``messages`` with one statement; the ids archived."""
+    packs: dict[tuple[int, int], set[int]] = {}
+    results: dict[str, Any] = {}
+    for message, result in zip(messages, results_json, strict=True):
+        if message.pack_id is not None:
+            packs.setdefault((message.pack_id, message.lease_token), set()).add(message.id)
+            if result is not None:
+                results[str(message.id)] = result
+    rows = yield Statement(
+        q.message_pack_archive,
+        {
+            "packs": [pack for pack, _ in packs],
+            "tokens": [token for _, token in packs],
+            "counts": [len(ids) for ids in packs.values()],
+            "results": orjson.dumps(results).decode() if results else None,
+            **target.params(),
+        },
+    )
     return [row[0] for row in rows]
 
 
@@ -330,6 +405,7 @@ def fail_many(
     texts = [storable_error(text) for text in texts]  # a failure must not fail on its text
     if len(texts) != len(messages):
         raise errors.InvalidArgument("errors must be one text or one per message")
+    yield from unpack_held(q, messages)
     rows = yield Statement(
         q.message_fail_many,
         {
@@ -352,6 +428,7 @@ def extend_lease(
     if not messages:
         return []
     lease = seconds(lease_seconds, "lease")
+    yield from unpack_held(q, messages)
     rows = yield Statement(
         q.message_extend_lease_many, {**held_params(messages), "lease_seconds": lease}
     )
@@ -366,6 +443,7 @@ def release_many(q: Queries, messages: Sequence[Message[Any]]) -> Plan[list[int]
     """Hands back messages never started: visible at once, the delivery not counted."""
     if not messages:
         return []
+    yield from unpack_held(q, messages)
     rows = yield Statement(q.message_release_many, held_params(messages))
     return [row[0] for row in rows]
 
@@ -493,6 +571,7 @@ def renew_leases(
     still held."""
     if not messages:
         return set()
+    yield from unpack_held(q, messages)
     rows = yield Statement(q.message_renew_leases, held_params(messages, list(lease_seconds)))
     return {row[0] for row in rows}
 

@@ -55,6 +55,7 @@ class Queries:
             "message_id_seq": sql.Literal(f"{qualified}.message_id_seq"),
             "lease_token_seq": sql.Literal(f"{qualified}.lease_token_seq"),
             "message_table": sql.Literal(f"{qualified}.message"),
+            "message_pack_table": sql.Literal(f"{qualified}.message_pack"),
         }
         # Encoded once: psycopg takes bytes as they are, where it would encode a str and hash
         # the new bytes (to find its cached parse and prepared statement) on every execute.

@@ -60,7 +60,7 @@ ROLE_KINDS = ("owner", "producer", "worker", "reader")
 # longest suffix ("_producer") must still fit PostgreSQL's 63-byte names.
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,53}$")
 # Columns whose content is the application's data: the reader role never sees them.
-_PRIVATE_COLUMNS = ("payload", "result", "last_error", "dedup_key")
+_PRIVATE_COLUMNS = ("payload", "payloads", "result", "last_error", "dedup_key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,8 @@ _PRODUCER_TABLES = (
     ),
     # RETURNING id and the dedup lookup read these; payloads stay unreadable.
     TableGrant("message", ("SELECT",), ("id", "queue_id", "dedup_key")),
+    # A plain batch_enqueue writes packs (migration 0005).
+    TableGrant("message_pack", ("INSERT",), ("id", "queue_id", "ids", "payloads")),
     # Awaiting an outcome: a result from the archive, or the last error of a dead letter.
     TableGrant("archive", ("SELECT",), ("id", "queue_id", "archived_at", "result")),
     TableGrant("dead_letter", ("SELECT",), ("id", "queue_id", "attempts", "died_at", "last_error")),
@@ -91,6 +93,7 @@ _WORKER_TABLES = (
     TableGrant("queue", ("SELECT",)),
     TableGrant("schema_migration", ("SELECT",)),
     TableGrant("message", ("SELECT", "UPDATE", "DELETE")),
+    TableGrant("message_pack", ("SELECT", "UPDATE", "DELETE")),
     TableGrant("archive", ("INSERT",)),
     TableGrant("archive", ("SELECT",), ("id",)),  # INSERT ... RETURNING id
     TableGrant("dead_letter", ("INSERT",)),
@@ -98,13 +101,17 @@ _WORKER_TABLES = (
     TableGrant("worker", ("SELECT", "INSERT", "UPDATE")),
 )
 _READER_FULL_TABLES = ("queue", "worker", "schema_migration")
-_READER_REDACTED_TABLES = ("message", "archive", "dead_letter")
+_READER_REDACTED_TABLES = ("message", "message_pack", "archive", "dead_letter")
 _SEQUENCES = {"producer": ("message_id_seq",), "worker": ("lease_token_seq",), "reader": ()}
 # Functions a role calls, by name and argument types. EXECUTE is PUBLIC's by default, but not
 # where a DBA revoked it with ALTER DEFAULT PRIVILEGES: the worker gets it by name.
 _FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
     "producer": (),
-    "worker": (("message_dequeue_candidates", "integer, integer"),),
+    "worker": (
+        ("message_dequeue_candidates", "integer, integer"),
+        ("message_pack_take", "integer, integer, bigint, double precision, text"),
+        ("message_pack_unpack", "bigint[], bigint[]"),
+    ),
     "reader": (),
 }
 

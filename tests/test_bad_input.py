@@ -47,7 +47,7 @@ def row_counts(client: pgbatch.Client) -> dict[str, int]:
     """Rows in every table a queue operation may write, read straight from the schema."""
     counts = {}
     with client.db.connection() as conn:
-        for table in ("queue", "message", "archive", "dead_letter"):
+        for table in ("queue", "message", "message_pack", "archive", "dead_letter"):
             query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(client.schema, table))
             row = conn.execute(query).fetchone()
             assert row is not None
@@ -435,9 +435,17 @@ def test_batch_enqueue_is_all_or_nothing_with_one_bad_payload_in_the_middle(
     assert [m.payload for m in queue.dequeue_many(size + 1)] == [{"earlier": True}]
 
 
-@pytest.mark.parametrize("size", [5, 500], ids=["insert-path", "copy-path"])
+@pytest.mark.parametrize(
+    ("size", "table", "refused"),
+    [
+        (5, "message", "NEW.payload ? 'refuse'"),
+        # A plain batch this large is written as packs of messages (migration 0005).
+        (500, "message_pack", "jsonb_path_exists(NEW.payloads, '$[*].refuse')"),
+    ],
+    ids=["insert-path", "copy-path"],
+)
 def test_database_refusal_mid_batch_rolls_back_the_whole_batch(
-    client: pgbatch.Client, size: int
+    client: pgbatch.Client, size: int, table: str, refused: str
 ) -> None:
     """PostgreSQL itself refuses one row after earlier rows of the batch went in."""
     queue = client.create_queue("jobs")
@@ -446,13 +454,14 @@ def test_database_refusal_mid_batch_rolls_back_the_whole_batch(
         conn.execute(
             sql.SQL(
                 "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$"
-                " BEGIN IF NEW.payload ? 'refuse' THEN RAISE EXCEPTION 'refused by test';"
+                " BEGIN IF {refused} THEN RAISE EXCEPTION 'refused by test';"
                 " END IF; RETURN NEW; END $$;"
                 " CREATE TRIGGER refuse BEFORE INSERT ON {table}"
                 " FOR EACH ROW EXECUTE FUNCTION {function}()"
             ).format(
                 function=sql.Identifier(client.schema, "refuse_row"),
-                table=sql.Identifier(client.schema, "message"),
+                refused=sql.SQL(refused),
+                table=sql.Identifier(client.schema, table),
             )
         )
     before = row_counts(client)

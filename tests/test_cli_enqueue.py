@@ -13,6 +13,8 @@ import orjson
 import pytest
 from psycopg import sql
 
+from tests.stored import stored_messages
+
 PGBATCH = [sys.executable, "-m", "pgbatch.cli"]
 
 
@@ -59,9 +61,9 @@ def test_enqueue_a_file_of_100000_lines(tmp_path, connection, client, queue):
     with client.db.connection() as conn:
         first, last = conn.execute(
             sql.SQL(
-                "(SELECT payload FROM {t} ORDER BY id LIMIT 1)"
-                " UNION ALL (SELECT payload FROM {t} ORDER BY id DESC LIMIT 1)"
-            ).format(t=sql.Identifier(client.schema, "message"))
+                "(SELECT payload FROM {t} AS m ORDER BY id LIMIT 1)"
+                " UNION ALL (SELECT payload FROM {t} AS m ORDER BY id DESC LIMIT 1)"
+            ).format(t=stored_messages(client.schema))
         ).fetchall()
     assert first[0] == {"user_id": 0, "email": "u0@example.com"}  # input order kept
     assert last[0] == {"user_id": 99_999, "email": "u99999@example.com"}

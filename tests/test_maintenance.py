@@ -207,7 +207,8 @@ def test_health_names_a_session_that_holds_the_xmin_horizon(client, pg_dsn):
 
 def test_health_warns_about_dead_tuples_in_the_hot_table(client, queue):
     run(client, "ALTER TABLE {s}.message SET (autovacuum_enabled = false)")
-    queue.batch_enqueue([{"i": i} for i in range(300)])
+    # Priority 1: stored one per row (a plain batch would travel in packs, migration 0005).
+    queue.batch_enqueue([{"i": i} for i in range(300)], priority=1)
     queue.archive_many(queue.dequeue_many(300))  # deletes: 300 dead tuples, no vacuum
     deadline = time.monotonic() + 10
     checked = health(client, dead_tuple_warn=250)

@@ -32,6 +32,7 @@ import pgbatch
 from pgbatch import errors
 from pgbatch.awaiting import AwaitedIds, Deadlines
 from pgbatch.results import LISTENER_APPLICATION_NAME
+from tests.stored import stored_messages
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,38 +76,52 @@ def consumer(
 
 
 def enqueue_transactions(client: pgbatch.Client, queue: pgbatch.Queue[Any]) -> int:
-    """How many transactions wrote the messages still in the queue (before any dequeue)."""
+    """How many transactions wrote the messages still in the queue (before any dequeue),
+    stored alone or in packs."""
     with client.db.connection() as conn:
         row = conn.execute(
-            sql.SQL("SELECT count(DISTINCT xmin::text) FROM {} WHERE queue_id = %s").format(
-                sql.Identifier(client.schema, "message")
+            sql.SQL(
+                "SELECT count(DISTINCT x) FROM (SELECT xmin::text FROM {message}"
+                " WHERE queue_id = %(queue)s UNION ALL SELECT xmin::text FROM {pack}"
+                " WHERE queue_id = %(queue)s) AS written(x)"
+            ).format(
+                message=sql.Identifier(client.schema, "message"),
+                pack=sql.Identifier(client.schema, "message_pack"),
             ),
-            (queue.info.id,),
+            {"queue": queue.info.id},
         ).fetchone()
     assert row is not None
     return int(row[0])
 
 
 def refuse_row(dsn: str, schema: str, n: int) -> None:
-    """A trigger that fails the insert of the message whose payload has this ``n``: a batch
-    carrying it fails midway through its COPY, after the rows before it."""
+    """A trigger that fails the insert of the message whose payload has this ``n`` (or of
+    the pack holding it): a batch carrying it fails midway through its COPY, after the rows
+    before it."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             sql.SQL(
                 "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$"
-                " BEGIN IF NEW.payload ->> 'n' = {n} THEN RAISE EXCEPTION 'refused row n=%',"
-                " NEW.payload ->> 'n'; END IF; RETURN NEW; END $$"
+                " BEGIN"
+                " IF TG_TABLE_NAME = 'message_pack' THEN"
+                "   IF NEW.payloads @> jsonb_build_array(jsonb_build_object('n', {n}::int)) THEN"
+                "     RAISE EXCEPTION 'refused row n=%', {n};"
+                "   END IF;"
+                " ELSIF NEW.payload ->> 'n' = {n} THEN"
+                "   RAISE EXCEPTION 'refused row n=%', NEW.payload ->> 'n';"
+                " END IF; RETURN NEW; END $$"
             ).format(function=sql.Identifier(schema, "refuse_row"), n=sql.Literal(str(n)))
         )
-        conn.execute(
-            sql.SQL(
-                "CREATE TRIGGER refuse_row BEFORE INSERT ON {table}"
-                " FOR EACH ROW EXECUTE FUNCTION {function}()"
-            ).format(
-                table=sql.Identifier(schema, "message"),
-                function=sql.Identifier(schema, "refuse_row"),
+        for table in ("message", "message_pack"):
+            conn.execute(
+                sql.SQL(
+                    "CREATE TRIGGER refuse_row BEFORE INSERT ON {table}"
+                    " FOR EACH ROW EXECUTE FUNCTION {function}()"
+                ).format(
+                    table=sql.Identifier(schema, table),
+                    function=sql.Identifier(schema, "refuse_row"),
+                )
             )
-        )
 
 
 def results_awaited(dsn: str, schema: str, queue: str) -> bool:
@@ -201,7 +216,7 @@ def keep_listener_down(relay: Relay, pg_dsn: str) -> None:
 def message_count(dsn: str, schema: str) -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "message"))
+            sql.SQL("SELECT count(*) FROM {} AS m").format(stored_messages(schema))
         ).fetchone()
     assert row is not None
     return int(row[0])
@@ -285,8 +300,8 @@ def test_a_failed_flush_fails_every_pending_of_its_batch_and_writes_none(
         queue.configure_batching(max_batch=100, max_delay_ms=5)
         with psycopg.connect(pg_dsn) as blocker:
             blocker.execute(
-                sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                    sql.Identifier(schema, "message")
+                sql.SQL("LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE").format(
+                    sql.Identifier(schema, "message"), sql.Identifier(schema, "message_pack")
                 )
             )
             pendings = [queue.submit({"n": n}) for n in range(100)]

@@ -17,8 +17,11 @@ def dead_tuples(client: pgbatch.Client) -> int:
 
 def test_the_hot_table_is_vacuumed_only_once_dead_tuples_pile_up(client, queue):
     assert client.db.run(vacuum_if_bloated(client.queries), transaction=False) is False
+    packs = vacuum_if_bloated(client.queries, packs=True)
+    assert client.db.run(packs, transaction=False) is False
     total = VACUUM_MIN_DEAD + 5_000
-    queue.batch_enqueue([{"i": i} for i in range(total)])
+    # Priority 1: stored one per row (a plain batch would travel in packs, migration 0005).
+    queue.batch_enqueue([{"i": i} for i in range(total)], priority=1)
     while messages := queue.dequeue_many(1000):
         queue.archive_many(messages)
     deadline = time.monotonic() + 10

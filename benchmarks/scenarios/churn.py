@@ -4,7 +4,8 @@ Two worker processes (batch 100) serve the queue from first to last. Each tenth,
 process enqueues its messages (batch_enqueue, batches of 1,000) while the workers drain
 them; the tenth ends when the archive holds all of them. Throughput of a tenth = its
 messages / (end - start). Same schema throughout, autovacuum as the migrations set it.
-After each tenth: the hot table's dead tuples and sizes; at the end, every table's.
+After each tenth: the packs' table's dead tuples and sizes (plain batches travel in packs,
+migration 0005); at the end, every table's.
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ def _mib(size: int) -> str:
 
 
 def _hot_table(dsn: str, schema: str) -> list[Any]:
+    """The packs' table, where the churn's plain batches travel (migration 0005)."""
     tables, indexes = db.table_health(dsn, schema)
-    message = next(t for t in tables if t.table == "message")
+    packs = next(t for t in tables if t.table == "message_pack")
     return [
-        message.dead_tuples,
-        message.vacuums,
-        _mib(message.table_bytes),
-        _mib(indexes.get("message_dequeue_idx", 0)),
-        _mib(indexes.get("message_pkey", 0)),
+        packs.dead_tuples,
+        packs.vacuums,
+        _mib(packs.table_bytes),
+        _mib(indexes.get("message_pack_dequeue_idx", 0)),
+        _mib(indexes.get("message_pack_pkey", 0)),
     ]
 
 
@@ -125,14 +127,14 @@ def _final_tables(
     )
     result.details["tables"] = [
         {
-            "title": "Churn: each tenth (msg/s), and the hot table after it",
+            "title": "Churn: each tenth (msg/s), and the packs' table after it",
             "columns": [
                 "tenth",
                 "throughput",
                 "enqueue alone",
                 "dead tuples",
                 "vacuums",
-                "message MiB",
+                "message_pack MiB",
                 "dequeue index MiB",
                 "pkey MiB",
             ],
@@ -151,7 +153,7 @@ def _final_tables(
             "rows": health,
         },
         {
-            "title": "Churn: hot table indexes at the end",
+            "title": "Churn: hot tables' indexes at the end",
             "columns": ["index", "MiB"],
             "rows": [[name, _mib(size)] for name, size in sorted(indexes.items())],
         },

@@ -91,7 +91,7 @@ def drain_core(ctx: Context, result: ScenarioResult) -> None:
 def cli_drain_rate(dsn: str, messages: int, processes: int, batch_size: int) -> float:
     """Messages/s of ``pgbatch worker --until-empty``, timed from launch to exit."""
     with db.fresh_schema(dsn, "drain") as schema:
-        db.fill_backlog(dsn, schema, db.create_bench_queue(dsn, schema), messages)
+        db.fill_backlog(dsn, schema, db.create_bench_queue(dsn, schema), messages, packs=True)
         command = [
             *PGBATCH_COMMAND,
             "worker",

@@ -112,7 +112,8 @@ def worker_split(dsn: str, messages: int) -> CpuSplit:
         concurrency=WORKER_CONCURRENCY,
     )
     with db.fresh_schema(dsn, "profile") as schema:
-        db.fill_backlog(dsn, schema, db.create_bench_queue(dsn, schema), messages)
+        queue_id = db.create_bench_queue(dsn, schema)
+        db.fill_backlog(dsn, schema, queue_id, messages, packs=True)
         split = _children_split(dsn, schema, consumers, messages)
         archived = db.count(dsn, schema, "archive")
     if archived != messages:
@@ -203,7 +204,7 @@ def _require_local_server(dsn: str) -> None:
 SIDES = {
     "limit": f"PostgreSQL alone (limit (b), {CLIENTS} clients)",
     "worker": f"worker, batch {LEASE_BATCH}, {CLIENTS} processes",
-    "floor": f"psycopg loops on pgbatch's statements, {CLIENTS} processes",
+    "floor": f"psycopg loops on pgbatch's per-message statements, {CLIENTS} processes",
     "ordered": f"psycopg loops on limit (e)'s layout, {CLIENTS} processes",
     "packs": f"psycopg loops on limit (g)'s packs, {CLIENTS} processes",
     "packs_archived": f"psycopg loops on limit (h)'s packs, {CLIENTS} processes",

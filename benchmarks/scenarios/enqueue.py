@@ -57,7 +57,7 @@ def async_rate(dsn: str, count: int, batch_size: int) -> float:
 
 
 def _check_written(dsn: str, schema: str, count: int) -> None:
-    written = db.count(dsn, schema, "message")
+    written = db.count(dsn, schema, "queued")
     if written != count:
         raise RuntimeError(f"enqueue wrote {written} of {count} messages")
 

@@ -8,8 +8,23 @@ INSERT INTO {schema}.message (id, queue_id, payload)
 SELECT n, %(queue_id)s, jsonb_build_object('user_id', n, 'email', 'u' || n || '@example.com')
 FROM (SELECT nextval({message_id_seq}) AS n FROM generate_series(1, %(count)s)) AS ids;
 
+-- name: pack_backlog_insert
+-- backlog_insert as a producer's batch_enqueue stores it (migration 0005): the same messages
+-- and ids, in packs of %(pack)s, the first id as the pack's.
+INSERT INTO {schema}.message_pack (id, queue_id, ids, payloads)
+SELECT min(n), %(queue_id)s, array_agg(n ORDER BY n),
+       jsonb_agg(jsonb_build_object('user_id', n, 'email', 'u' || n || '@example.com')
+                 ORDER BY n)
+FROM (SELECT nextval({message_id_seq}) AS n FROM generate_series(1, %(count)s)) AS ids
+GROUP BY (n - 1) / %(pack)s;
+
 -- name: message_count
 SELECT count(*) FROM {schema}.message;
+
+-- name: queued_count
+-- Messages still in a queue, stored alone or in packs.
+SELECT (SELECT count(*) FROM {schema}.message)
+       + (SELECT coalesce(sum(cardinality(ids)), 0) FROM {schema}.message_pack);
 
 -- name: archive_count
 SELECT count(*) FROM {schema}.archive;
@@ -24,7 +39,7 @@ FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE n.nspname = %(schema_name)s AND c.relkind = 'r'
-  AND (c.relname IN ('message', 'dead_letter') OR c.relname LIKE 'archive%%')
+  AND (c.relname IN ('message', 'message_pack', 'dead_letter') OR c.relname LIKE 'archive%%')
 ORDER BY c.relname;
 
 -- name: index_sizes
@@ -33,7 +48,7 @@ FROM pg_index x
 JOIN pg_class i ON i.oid = x.indexrelid
 JOIN pg_class t ON t.oid = x.indrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
-WHERE n.nspname = %(schema_name)s AND t.relname = 'message'
+WHERE n.nspname = %(schema_name)s AND t.relname IN ('message', 'message_pack')
 ORDER BY i.relname;
 
 -- name: schema_drop

@@ -200,7 +200,10 @@ class Lane:
         queue = ctx.queues[queue_name]
         leased = Leased(queue, messages, requested, renew_due_at(queue.lease_seconds))
         if len(messages) >= requested:
-            ctx.wakeups.wake(1)  # probably more where these came from: bring in another lane
+            # Probably more where these came from: bring in another lane. And the queue stays
+            # ready: a fetch that ran meanwhile may have found it empty only because this one
+            # held a pack it split (the surplus shows at commit, migration 0005).
+            ctx.wakeups.signal(queue_name)
         ctx.hold(leased)
         self.waiting = leased
         return leased

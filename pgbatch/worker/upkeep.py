@@ -7,7 +7,8 @@
   pg_stat_user_tables) runs every second: at tens of thousands of messages a second, a
   5-second check let 225,000-262,000 dead tuples gather before a vacuum, a 1-second check
   61,000-176,000 (tests/test_soak.py, 2026-11-30). ``VACUUM (SKIP_LOCKED)`` lets only one
-  worker run it at a time; a role that does not own the table skips this.
+  worker run it at a time; a role that does not own the table skips this. The packs' table
+  (migration 0005) gets the same check: two dead tuples per pack rather than per message.
 - Create the daily archive partitions ahead of time, hourly, so archived rows do not pile
   into the default partition (which retention can only prune row by row).
 """
@@ -33,10 +34,10 @@ VACUUM_DEAD_SHARE = 0.2
 PARTITION_DAYS = 9
 
 
-def vacuum_if_bloated(q: Queries) -> Plan[bool | None]:
-    """Vacuums the hot table when it has many dead tuples: True if it did, None if this role
-    may not, False otherwise."""
-    rows = yield Statement(q.message_vacuum_candidate)
+def vacuum_if_bloated(q: Queries, *, packs: bool = False) -> Plan[bool | None]:
+    """Vacuums the hot table (or with ``packs``, the packs' table) when it has many dead
+    tuples: True if it did, None if this role may not, False otherwise."""
+    rows = yield Statement(q.message_pack_vacuum_candidate if packs else q.message_vacuum_candidate)
     if not rows:
         return False
     dead, live, may_vacuum = rows[0]
@@ -44,7 +45,7 @@ def vacuum_if_bloated(q: Queries) -> Plan[bool | None]:
         return None
     if dead < max(VACUUM_MIN_DEAD, VACUUM_DEAD_SHARE * live):
         return False
-    yield Statement(q.message_vacuum)
+    yield Statement(q.message_pack_vacuum if packs else q.message_vacuum)
     return True
 
 
@@ -65,6 +66,8 @@ async def upkeep(ctx: RunContext) -> None:
             if may_vacuum:
                 started = loop.time()
                 vacuumed = await ctx.db.run(vacuum_if_bloated(ctx.queries), transaction=False)
+                if vacuumed is not None:
+                    await ctx.db.run(vacuum_if_bloated(ctx.queries, packs=True), transaction=False)
                 if vacuumed is None:
                     may_vacuum = False
                     log.info("not the owner of the hot table: leaving its vacuum to autovacuum")

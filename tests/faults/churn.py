@@ -22,6 +22,7 @@ from psycopg import sql
 
 import pgbatch
 from pgbatch.worker.upkeep import CHECK_SECONDS, vacuum_if_bloated
+from tests.stored import stored_messages
 
 ENQUEUE_BATCH = 1000
 BACKLOG_HIGH = 20_000
@@ -29,10 +30,10 @@ BACKLOG_CHECK_EVERY = 10  # batches
 
 
 def backlog(client: pgbatch.Client) -> int:
-    """Messages in the hot table; queue.stats() would also count the whole archive."""
+    """Messages still in the queue; queue.stats() would also count the whole archive."""
     with client.db.connection() as conn:
         row = conn.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(client.schema, "message"))
+            sql.SQL("SELECT count(*) FROM {} AS m").format(stored_messages(client.schema))
         ).fetchone()
     return int(row[0]) if row else 0
 

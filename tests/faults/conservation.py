@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from tests.stored import stored_messages
+
 EFFECT_TABLE = "effect"
 
 
@@ -93,9 +95,15 @@ def read_ledger(
         dead_rows = _rows(
             conn, schema, "SELECT id, attempts FROM {} WHERE queue_id = %s", "dead_letter", queue_id
         )
-        left = _rows(
-            conn, schema, "SELECT id, attempts FROM {} WHERE queue_id = %s", "message", queue_id
-        )
+        left = [
+            (int(a), int(b))
+            for a, b in conn.execute(
+                sql.SQL("SELECT id, attempts FROM {} AS m WHERE queue_id = %s").format(
+                    stored_messages(schema)
+                ),
+                (queue_id,),
+            ).fetchall()
+        ]
         effect_rows = (
             _rows(
                 conn, schema, "SELECT message_id, count(*) FROM {} GROUP BY 1", EFFECT_TABLE, None
@@ -131,9 +139,9 @@ def _rows(
 
 
 def remaining(dsn: str, schema: str) -> int:
-    """Messages still in the hot table (ready, delayed or leased), all queues."""
+    """Messages still in a queue (ready, delayed or leased, alone or in packs), all queues."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "message"))
+            sql.SQL("SELECT count(*) FROM {} AS m").format(stored_messages(schema))
         ).fetchone()
     return int(row[0]) if row else 0

@@ -3,8 +3,10 @@
 -- migration 0003), drawn ahead of COPY so batch_enqueue returns ids in input order.
 SELECT array(SELECT nextval({message_id_seq}) FROM generate_series(1, %(count)s));
 
--- name: message_copy
-COPY {schema}.message (id, queue_id, payload) FROM STDIN;
+-- name: message_pack_copy
+-- Plain messages in packs (migration 0005): each row the pack's ids and its payloads as one
+-- JSON array, the first id as the pack's.
+COPY {schema}.message_pack (id, queue_id, ids, payloads) FROM STDIN;
 
 -- name: message_insert_many
 -- The general enqueue path (delay, priority, dedup keys). Payloads arrive as JSON text.
@@ -60,15 +62,65 @@ notified AS (
     WHERE q.id = %(queue_id)s AND q.results_awaited_until > now()
       AND EXISTS (SELECT 1 FROM buried)
 ),
-token AS (SELECT nextval({lease_token_seq}) AS value)
-UPDATE {schema}.message m
-SET visible_at = now() + make_interval(secs => %(lease_seconds)s),
-    attempts = m.attempts + 1,
-    lease_token = token.value
-FROM token, notified  -- one row each: "notified" only makes the notification happen
-WHERE m.id = ANY ((SELECT live FROM chosen)::bigint[])
-RETURNING m.id, m.payload, m.attempts, m.enqueued_at, m.visible_at, m.lease_token,
-          m.priority, m.last_error, m.id = ANY ((SELECT suspects FROM chosen)::bigint[]);
+token AS (SELECT nextval({lease_token_seq}) AS value),
+leased AS (
+    UPDATE {schema}.message m
+    SET visible_at = now() + make_interval(secs => %(lease_seconds)s),
+        attempts = m.attempts + 1,
+        lease_token = token.value
+    FROM token, notified  -- one row each: "notified" only makes the notification happen
+    WHERE m.id = ANY ((SELECT live FROM chosen)::bigint[])
+    RETURNING m.id, m.payload, m.attempts, m.enqueued_at, m.visible_at, m.lease_token,
+              m.priority, m.last_error, m.id = ANY ((SELECT suspects FROM chosen)::bigint[]),
+              NULL::bigint AS pack_id
+)
+SELECT * FROM leased
+UNION ALL
+-- Packs fill what room the batch has left, under the same lease token (migration 0005).
+SELECT * FROM {schema}.message_pack_take(
+    %(queue_id)s::integer,
+    %(limit)s::integer - cardinality((SELECT live FROM chosen)),
+    (SELECT value FROM token),
+    %(lease_seconds)s::double precision,
+    %(done_channel)s::text
+);
+
+-- name: message_pack_unpack
+-- Moves packs held under the given tokens into the message table, their lease unchanged,
+-- before a per-message statement on their messages (migration 0005).
+SELECT {schema}.message_pack_unpack(%(packs)s::bigint[], %(tokens)s::bigint[]);
+
+-- name: message_pack_archive
+-- Archives whole packs held under the given tokens (packs[i] under tokens[i], counts[i] of
+-- its messages given): a row per message in the archive, with its result from "results" (a
+-- JSON object of id -> result, or NULL). A pack whose count differs (a partial archive) is
+-- left alone, for the caller to unpack. Returns the ids archived; notifies as
+-- message_archive_many does.
+WITH given AS (SELECT %(results)s::jsonb AS results),
+done AS (
+    DELETE FROM {schema}.message_pack p
+    WHERE p.id = ANY (%(packs)s::bigint[])
+      AND p.lease_token = (%(tokens)s::bigint[])[array_position(%(packs)s::bigint[], p.id)]
+      AND cardinality(p.ids)
+          = (%(counts)s::integer[])[array_position(%(packs)s::bigint[], p.id)]
+    RETURNING p.queue_id, p.attempts, p.enqueued_at, p.ids, p.payloads
+),
+archived AS (
+    INSERT INTO {schema}.archive (id, queue_id, priority, attempts, enqueued_at, payload, result)
+    SELECT e.id, d.queue_id, 0, d.attempts, d.enqueued_at, e.payload,
+           nullif(g.results -> e.id::text, 'null')
+    FROM done d
+    CROSS JOIN given g
+    CROSS JOIN LATERAL ROWS FROM (unnest(d.ids), jsonb_array_elements(d.payloads))
+        AS e(id, payload)
+    RETURNING id
+)
+SELECT a.id
+FROM archived a,
+     (SELECT count(pg_notify(%(done_channel)s, %(queue)s))
+      FROM (SELECT 1 FROM archived LIMIT 1) AS any_archived
+      WHERE EXISTS (SELECT 1 FROM {schema}.queue
+                    WHERE name = %(queue)s AND results_awaited_until > now())) AS notified;
 
 -- name: message_archive_many
 -- Moves the messages whose lease the caller still holds (fenced by lease token) into the

@@ -32,28 +32,42 @@ RETURNING id;
 -- name: queue_delete
 -- The queue row goes last so that a concurrent enqueue cannot leave orphans behind it.
 WITH gone_messages AS (DELETE FROM {schema}.message WHERE queue_id = %(queue_id)s),
+     gone_packs AS (DELETE FROM {schema}.message_pack WHERE queue_id = %(queue_id)s),
      gone_dead AS (DELETE FROM {schema}.dead_letter WHERE queue_id = %(queue_id)s),
      gone_archive AS (DELETE FROM {schema}.archive WHERE queue_id = %(queue_id)s)
 DELETE FROM {schema}.queue WHERE id = %(queue_id)s RETURNING id;
 
 -- name: queue_purge
 -- Removes every message still in the queue (ready, delayed or leased); returns how many.
-WITH gone AS (DELETE FROM {schema}.message WHERE queue_id = %(queue_id)s RETURNING 1)
-SELECT count(*) FROM gone;
+WITH gone AS (DELETE FROM {schema}.message WHERE queue_id = %(queue_id)s RETURNING 1),
+     gone_packs AS (
+         DELETE FROM {schema}.message_pack WHERE queue_id = %(queue_id)s
+         RETURNING cardinality(ids) AS messages
+     )
+SELECT (SELECT count(*) FROM gone) + (SELECT coalesce(sum(messages), 0) FROM gone_packs);
 
 -- name: queue_stats
--- Counts by state with the database clock; oldest_ready_age in seconds.
+-- Counts by state with the database clock; oldest_ready_age in seconds. Messages of packs
+-- (migration 0005) count one each; a pack is never delayed, so one not visible is leased.
+WITH m AS (
+    SELECT visible_at, lease_token IS NOT NULL AS has_token, 1 AS messages
+    FROM {schema}.message WHERE queue_id = %(queue_id)s
+    UNION ALL
+    SELECT visible_at, true, cardinality(ids)
+    FROM {schema}.message_pack WHERE queue_id = %(queue_id)s
+)
 SELECT
-    count(*) FILTER (WHERE m.visible_at <= now()) AS ready,
-    count(*) FILTER (WHERE m.visible_at > now() AND m.lease_token IS NOT NULL) AS leased,
-    count(*) FILTER (WHERE m.visible_at > now() AND m.lease_token IS NULL) AS delayed,
+    coalesce(sum(m.messages) FILTER (WHERE m.visible_at <= now()), 0)::bigint AS ready,
+    coalesce(sum(m.messages) FILTER (WHERE m.visible_at > now() AND m.has_token), 0)::bigint
+        AS leased,
+    coalesce(sum(m.messages) FILTER (WHERE m.visible_at > now() AND NOT m.has_token), 0)::bigint
+        AS delayed,
     (SELECT count(*) FROM {schema}.archive a WHERE a.queue_id = %(queue_id)s) AS archived,
     (SELECT count(*) FROM {schema}.dead_letter d WHERE d.queue_id = %(queue_id)s) AS dead,
     coalesce(extract(epoch FROM now() - min(m.visible_at) FILTER (WHERE m.visible_at <= now())), 0)::double precision AS oldest_ready_age,
     (SELECT count(*) FROM {schema}.archive a
       WHERE a.queue_id = %(queue_id)s AND a.archived_at > now() - interval '1 minute') AS archived_last_minute
-FROM {schema}.message m
-WHERE m.queue_id = %(queue_id)s;
+FROM m;
 
 -- name: notify_queue
 -- One wake-up per enqueue transaction; delivered at commit.

@@ -30,6 +30,8 @@ WHERE id = %(id)s;
 -- Visible messages per queue, for the queue depth gauge.
 SELECT q.name,
        (SELECT count(*) FROM {schema}.message m
-        WHERE m.queue_id = q.id AND m.visible_at <= now()) AS ready
+        WHERE m.queue_id = q.id AND m.visible_at <= now())
+       + (SELECT coalesce(sum(cardinality(p.ids)), 0) FROM {schema}.message_pack p
+          WHERE p.queue_id = q.id AND p.visible_at <= now()) AS ready
 FROM {schema}.queue q
 WHERE q.name = ANY(%(names)s::text[]);
