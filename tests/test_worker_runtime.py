@@ -17,9 +17,11 @@ from typing import Any
 import psycopg
 import pydantic
 import pytest
+from psycopg import sql
 
 import pgbatch
 from pgbatch.worker import adaptive, listener, registry
+from tests.stored import stored_messages
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -302,8 +304,10 @@ async def test_batches_run_concurrently_in_threads_with_prefetch_and_backpressur
         with psycopg.connect(client.dsn, autocommit=True) as conn:
             leased_seen.append(
                 conn.execute(
-                    f"SELECT count(*) FROM {schema}.message WHERE lease_token IS NOT NULL"
-                    " AND visible_at > now()"
+                    sql.SQL(
+                        "SELECT count(*) FROM {} AS m WHERE lease_token IS NOT NULL"
+                        " AND visible_at > now()"
+                    ).format(stored_messages(schema))
                 ).fetchone()[0]
             )
         with lock:
