@@ -7,8 +7,8 @@ partition (rows archived on a day that had no partition yet), a single queue's r
 partitions shared with other queues, and, with ``exact=True``, the older part of the day that
 holds the cutoff.
 
-``health`` reports what makes a queue slow down as it churns: dead tuples in the hot table,
-its size and its indexes' sizes, and whatever holds back the xmin horizon (an old snapshot, a
+``health`` reports what makes a queue slow down as it churns: dead tuples in the hot tables
+(``message`` and ``message_pack``, summed), their size and their indexes' sizes, and whatever holds back the xmin horizon (an old snapshot, a
 forgotten prepared transaction, a replication slot), which stops vacuum from removing them.
 """
 
@@ -98,7 +98,8 @@ class XminHolder:
 
 @dataclass(frozen=True, slots=True)
 class Health:
-    """The hot table's state and the xmin horizon holders, with warnings worth acting on."""
+    """The hot tables' state (``message`` and ``message_pack``, summed) and the xmin horizon
+    holders, with warnings worth acting on."""
 
     live_tuples: int
     dead_tuples: int
@@ -276,7 +277,8 @@ def health(
     dead_tuple_warn: int = 100_000,
     holders_limit: int = 5,
 ) -> Health:
-    """The hot table's dead tuples and sizes, and the oldest xmin horizon holders.
+    """The hot tables' dead tuples and sizes (``message`` and ``message_pack``, summed), and
+    the oldest xmin horizon holders.
 
     Warns about every holder that has held the horizon longer than ``xmin_warn_after`` (or
     for more than ``xmin_warn_xids`` transactions), and when the hot table carries more than

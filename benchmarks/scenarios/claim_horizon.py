@@ -1,4 +1,4 @@
-"""The first risk of the batch-lease proposal (docs/proposal-batch-leases.md): claims in
+"""The first risk of the batch-lease proposal (docs/packs.md): claims in
 commit order wait for every transaction older than the messages they would take.
 
 Limit (e)'s layout with work arriving while it is consumed: a pgbench producer writes

@@ -14,7 +14,7 @@ the CPU of both sides of the comparison, in the same rounds:
 - the same loops on limit (e)'s layout (batch leases claimed in commit order), on limit
   (g)'s (packs of 100 messages leased and archived as one row each) and on limit (h)'s
   (packs archived as a row per message): what Python consumers would reach after the
-  redesigns docs/proposal-batch-leases.md describes.
+  redesigns docs/packs.md describes.
 
 The server's CPU is read from /proc for every process named ``postgres`` on this host, so
 the scenario needs the database on the same machine (it is skipped otherwise), and anything

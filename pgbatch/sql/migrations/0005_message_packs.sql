@@ -1,7 +1,7 @@
 -- pgbatch schema, version 5: plain messages travel in packs.
 --
 -- Leasing a message writes a new version of its row; at batch 100 that write per message is
--- what bounds a drain (docs/proposal-batch-leases.md: the lease-then-archive loop in pgbench
+-- what bounds a drain (docs/packs.md: the lease-then-archive loop in pgbench
 -- ran 6.7-9.7 times faster on rows of 100 messages, 3.0-3.8 times with the archive still a
 -- row per message). So a plain batch_enqueue (priority 0, no delay, no dedup key, more than
 -- pgbatch.operations.COPY_THRESHOLD messages: the COPY path) stores its
@@ -39,6 +39,11 @@ CREATE TABLE message_pack (
     autovacuum_vacuum_cost_delay = 0,
     autovacuum_analyze_scale_factor = 0.05
 );
+
+-- No statistics on the arrays: no statement filters on them, and ANALYZE (which autovacuum
+-- runs often on a table that churns) would read every element of thousands of packs.
+ALTER TABLE message_pack ALTER COLUMN ids SET STATISTICS 0,
+                         ALTER COLUMN payloads SET STATISTICS 0;
 
 -- id too: packs of one COPY share their visible_at, and id keeps them (and the two halves
 -- of a split pack) in the order of their messages.

@@ -44,17 +44,21 @@ WITH gone AS (
 SELECT count(*) FROM gone;
 
 -- name: maintenance_table_health
--- The hot table's tuples, sizes and vacuum history (statistics lag by up to a second).
-SELECT coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0),
-       pg_relation_size(c.oid), pg_indexes_size(c.oid),
-       s.last_autovacuum, s.last_vacuum, coalesce(s.autovacuum_count, 0),
+-- The hot tables' tuples, sizes and vacuum history, summed over "message" and (migration
+-- 0005) "message_pack": vacuum history the latest of either (statistics lag by up to a
+-- second). No row when the schema has no pgbatch tables.
+SELECT coalesce(sum(s.n_live_tup), 0)::bigint, coalesce(sum(s.n_dead_tup), 0)::bigint,
+       sum(pg_relation_size(c.oid))::bigint, sum(pg_indexes_size(c.oid))::bigint,
+       max(s.last_autovacuum), max(s.last_vacuum),
+       coalesce(sum(s.autovacuum_count), 0)::bigint,
        (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)::bigint
         FROM pg_partition_tree((SELECT a.oid FROM pg_catalog.pg_class a
-                                WHERE a.relnamespace = n.oid AND a.relname = 'archive')::regclass) t)
+                                WHERE a.relnamespace = min(n.oid) AND a.relname = 'archive')::regclass) t)
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid
-WHERE n.nspname = %(schema)s AND c.relname = 'message';
+WHERE n.nspname = %(schema)s AND c.relname IN ('message', 'message_pack')
+HAVING count(*) > 0;
 
 -- name: maintenance_index_sizes
 SELECT ic.relname, pg_relation_size(ic.oid)
@@ -62,7 +66,7 @@ FROM pg_catalog.pg_index x
 JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid
 JOIN pg_catalog.pg_class tc ON tc.oid = x.indrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = tc.relnamespace
-WHERE n.nspname = %(schema)s AND tc.relname = 'message'
+WHERE n.nspname = %(schema)s AND tc.relname IN ('message', 'message_pack')
 ORDER BY ic.relname;
 
 -- name: maintenance_xmin_holders
