@@ -15,8 +15,8 @@ INSERT INTO {schema}.message_pack (id, queue_id, ids, payloads)
 SELECT min(n), %(queue_id)s, array_agg(n ORDER BY n),
        jsonb_agg(jsonb_build_object('user_id', n, 'email', 'u' || n || '@example.com')
                  ORDER BY n)
-FROM (SELECT nextval({message_id_seq}) AS n FROM generate_series(1, %(count)s)) AS ids
-GROUP BY (n - 1) / %(pack)s;
+FROM (SELECT nextval({message_id_seq}) AS n, k FROM generate_series(1, %(count)s) AS k) AS ids
+GROUP BY (k - 1) / %(pack)s;
 
 -- name: message_count
 SELECT count(*) FROM {schema}.message;

@@ -112,6 +112,11 @@ DECLARE
     pack record;
     settings record;
     buried boolean := false;
+    -- Where the walk of the index has got to: the packs leased (or buried) so far keep
+    -- their old index entries until this transaction ends, and a walk from the start each
+    -- time would step over all of them again.
+    after_visible timestamptz := '-infinity';
+    after_id bigint := 0;
 BEGIN
     IF wanted <= 0 THEN
         RETURN;
@@ -123,15 +128,19 @@ BEGIN
     END IF;
     LOOP
         -- One pack at a time: a FOR loop over the query would fetch (and lock) ten ahead.
-        SELECT p.id, cardinality(p.ids) AS size, p.lease_token IS NOT NULL AS expired,
+        SELECT p.id, p.visible_at, cardinality(p.ids) AS size,
+               p.lease_token IS NOT NULL AS expired,
                p.attempts >= settings.max_attempts AS exhausted
         INTO pack
         FROM message_pack p
         WHERE p.queue_id = target_queue AND p.visible_at <= now()
+          AND (p.visible_at, p.id) > (after_visible, after_id)
         ORDER BY p.visible_at, p.id
         LIMIT 1
         FOR UPDATE SKIP LOCKED;
         EXIT WHEN NOT FOUND;
+        after_visible := pack.visible_at;
+        after_id := pack.id;
         IF pack.expired AND pack.exhausted THEN
             WITH gone AS (
                 DELETE FROM message_pack p WHERE p.id = pack.id
