@@ -8,8 +8,9 @@ partitions shared with other queues, and, with ``exact=True``, the older part of
 holds the cutoff.
 
 ``health`` reports what makes a queue slow down as it churns: dead tuples in the hot tables
-(``message`` and ``message_pack``, summed), their size and their indexes' sizes, and whatever holds back the xmin horizon (an old snapshot, a
-forgotten prepared transaction, a replication slot), which stops vacuum from removing them.
+(``message`` and ``message_pack``, summed), their size and their indexes' sizes, and whatever
+holds back the xmin horizon (an old snapshot, a forgotten prepared transaction, a replication
+slot), which stops vacuum from removing them.
 """
 
 from __future__ import annotations

@@ -83,7 +83,9 @@ AS $$
 $$;
 
 -- Leases packs of a queue, oldest first, until wanted messages are taken; returns a row per
--- message, as message_dequeue_many does for messages (pack_id last). Called by
+-- pack in the shape of message_dequeue_many's rows for messages, with the pack's id as id
+-- and as pack_id, its payloads (one JSON array) as payload, and its message ids last: one
+-- row instead of a hundred is less to send and to decode (the client splits it). Called by
 -- message_dequeue_many with the room its batch has left after the per-message path.
 --
 -- A ready pack that still carries a lease token lost its lease unsettled: its consumer may
@@ -99,7 +101,7 @@ CREATE FUNCTION message_pack_take(
 )
 RETURNS TABLE (id bigint, payload jsonb, attempts integer, enqueued_at timestamptz,
                visible_at timestamptz, lease_token bigint, priority smallint,
-               last_error text, after_expired_lease boolean, pack_id bigint)
+               last_error text, after_expired_lease boolean, pack_id bigint, ids bigint[])
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET enable_sort = off
@@ -188,20 +190,13 @@ BEGIN
             FROM rest r;
         END IF;
         RETURN QUERY
-        WITH leased AS (
-            UPDATE message_pack p
-            SET visible_at = now() + make_interval(secs => lease_seconds),
-                attempts = p.attempts + 1,
-                lease_token = token
-            WHERE p.id = pack.id
-            RETURNING p.id, p.attempts, p.enqueued_at, p.visible_at, p.lease_token, p.ids,
-                      p.payloads
-        )
-        SELECT e.id, e.payload, l.attempts, l.enqueued_at, l.visible_at, l.lease_token,
-               0::smallint, NULL::text, pack.expired, l.id
-        FROM leased l
-        CROSS JOIN LATERAL ROWS FROM (unnest(l.ids), jsonb_array_elements(l.payloads))
-            AS e(id, payload);
+        UPDATE message_pack p
+        SET visible_at = now() + make_interval(secs => lease_seconds),
+            attempts = p.attempts + 1,
+            lease_token = token
+        WHERE p.id = pack.id
+        RETURNING p.id, p.payloads, p.attempts, p.enqueued_at, p.visible_at, p.lease_token,
+                  0::smallint, NULL::text, pack.expired, p.id, p.ids;
         taken := taken + least(pack.size, room);
         EXIT WHEN taken >= wanted;
     END LOOP;

@@ -72,11 +72,12 @@ leased AS (
     WHERE m.id = ANY ((SELECT live FROM chosen)::bigint[])
     RETURNING m.id, m.payload, m.attempts, m.enqueued_at, m.visible_at, m.lease_token,
               m.priority, m.last_error, m.id = ANY ((SELECT suspects FROM chosen)::bigint[]),
-              NULL::bigint AS pack_id
+              NULL::bigint AS pack_id, NULL::bigint[] AS ids
 )
 SELECT * FROM leased
 UNION ALL
--- Packs fill what room the batch has left, under the same lease token (migration 0005).
+-- Packs fill what room the batch has left, under the same lease token (migration 0005): a
+-- row per pack, its message ids last (NULL on the rows of messages stored alone).
 SELECT * FROM {schema}.message_pack_take(
     %(queue_id)s::integer,
     %(limit)s::integer - cardinality((SELECT live FROM chosen)),
