@@ -30,6 +30,10 @@ CHECK_SECONDS = 1.0
 PARTITION_SECONDS = 3600.0
 # Vacuum once dead tuples pass both bounds: a floor, and a share of the live rows.
 VACUUM_MIN_DEAD = 20_000
+# The packs' table: a dead tuple there stands for up to 100 messages, and the table is small
+# (a vacuum of it takes milliseconds), while dead entries in front of its dequeue index are
+# stepped over by every dequeue until a vacuum removes them.
+VACUUM_MIN_DEAD_PACKS = 1_000
 VACUUM_DEAD_SHARE = 0.2
 PARTITION_DAYS = 9
 
@@ -43,7 +47,7 @@ def vacuum_if_bloated(q: Queries, *, packs: bool = False) -> Plan[bool | None]:
     dead, live, may_vacuum = rows[0]
     if not may_vacuum:
         return None
-    if dead < max(VACUUM_MIN_DEAD, VACUUM_DEAD_SHARE * live):
+    if dead < max(VACUUM_MIN_DEAD_PACKS if packs else VACUUM_MIN_DEAD, VACUUM_DEAD_SHARE * live):
         return False
     yield Statement(q.message_pack_vacuum if packs else q.message_vacuum)
     return True
