@@ -26,6 +26,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,28 +93,62 @@ def core_drain(config: Config) -> None:
         _finish(archived, start, rss_ready)
 
 
+@dataclass(frozen=True, slots=True)
+class _LaneLayout:
+    """What a psycopg-drain lane sends and reads back on one layout."""
+
+    claim: dict[str, Any]  # the claim statement's parameters
+    held: Callable[[list[Any]], Any]  # what a claim's rows hold (None: nothing)
+    settle: Callable[[Any], dict[str, Any]]  # the settle statement's parameters for it
+    settled: Callable[[Any, list[Any]], int]  # messages settled, from it and settle's rows
+
+
+def _first_row(rows: list[Any]) -> Any:
+    return rows[0] if rows else None
+
+
+def _lane_layout(config: Config) -> _LaneLayout:
+    queue_id = config["queue_id"]
+    if config["layout"] == "ordered":  # (token, ids, payloads)
+        return _LaneLayout(
+            {"queue_id": queue_id, "batch": int(config["batch_size"])},
+            _first_row,
+            lambda held: {"token": held[0]},
+            lambda held, _: len(held[1]),
+        )
+    if config["layout"] in ("packs", "packs-archived"):  # (id, token, payloads)
+        return _LaneLayout(
+            {"queue_id": queue_id},
+            _first_row,
+            lambda held: {"id": held[0], "token": held[1]},
+            lambda held, _: len(held[2]),
+        )
+    # pgbatch's statements: a row per message (a row per pack on packs), counted as archived.
+    return _LaneLayout(
+        {
+            "queue_id": queue_id,
+            "limit": int(config["batch_size"]),
+            "lease_seconds": 30.0,
+            "done_channel": "pgbatch_bench_done",
+        },
+        lambda rows: rows or None,
+        lambda held: {
+            "ids": [row[0] for row in held],
+            "token": held[0][5],
+            "queue": config["queue"],
+            "done_channel": "pgbatch_bench_done",
+        },
+        lambda _, archived: len(archived),
+    )
+
+
 async def _psycopg_lane(config: Config, statements: dict[str, bytes]) -> int:
     """Drains with one connection until a claim comes back empty; messages settled."""
     import psycopg
 
-    from pgbatch.db import configure_adapters
+    from pgbatch.db import configure_adapters, returns_rows
 
-    layout = config["layout"]
-    ordered = layout == "ordered"
-    packs = layout in ("packs", "packs-archived")
-    batch = int(config["batch_size"])
-    claim = (
-        {"queue_id": config["queue_id"], "batch": batch}
-        if ordered
-        else {"queue_id": config["queue_id"]}
-        if packs
-        else {
-            "queue_id": config["queue_id"],
-            "limit": batch,
-            "lease_seconds": 30.0,
-            "done_channel": "pgbatch_bench_done",
-        }
-    )
+    layout = _lane_layout(config)
     settled = 0
     conn = await psycopg.AsyncConnection.connect(config["dsn"], autocommit=True)
     async with conn:
@@ -124,34 +159,13 @@ async def _psycopg_lane(config: Config, statements: dict[str, bytes]) -> int:
                 settle = None
                 if held is not None:
                     settle = conn.cursor()
-                    if ordered:
-                        await settle.execute(statements["settle"], {"token": held[0]})
-                    elif packs:
-                        await settle.execute(
-                            statements["settle"], {"id": held[0], "token": held[1]}
-                        )
-                    else:
-                        await settle.execute(
-                            statements["settle"],
-                            {
-                                "ids": [row[0] for row in held],
-                                "token": held[0][5],
-                                "queue": config["queue"],
-                                "done_channel": "pgbatch_bench_done",
-                            },
-                        )
+                    await settle.execute(statements["settle"], layout.settle(held))
                 cur = conn.cursor()
-                await cur.execute(statements["claim"], claim)
+                await cur.execute(statements["claim"], layout.claim)
             if settle is not None:
-                settled += (
-                    len(held[1])
-                    if ordered
-                    else len(held[2])
-                    if packs
-                    else len(await settle.fetchall())
-                )
-            rows = await cur.fetchall()
-            held = (rows[0] if rows else None) if ordered or packs else (rows or None)
+                rows = await settle.fetchall() if returns_rows(settle) else []
+                settled += layout.settled(held, rows)
+            held = layout.held(await cur.fetchall())
             if held is None:
                 if await _more_to_come(conn, config, statements):
                     await asyncio.sleep(IDLE_POLL_SECONDS)
