@@ -109,7 +109,7 @@ _FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
     "producer": (),
     "worker": (
         ("message_dequeue_candidates", "integer, integer"),
-        ("message_pack_take", "integer, integer, bigint, double precision, text"),
+        ("message_pack_take", "integer, integer, bigint, double precision, text, bigint[]"),
         ("message_pack_unpack", "bigint[], bigint[]"),
     ),
     "reader": (),

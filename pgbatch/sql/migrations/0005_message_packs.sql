@@ -93,11 +93,12 @@ $$;
 -- awaiting results are notified, as by message_dequeue_many); otherwise it is leased again,
 -- its messages marked after_expired_lease (the worker runs such crash suspects one by one,
 -- and settling them one by one unpacks the pack). A pack larger than the room left is
--- split in two packs.
+-- split in two packs. Room left after the packs goes to messages stored alone that the
+-- dequeue's candidates left behind them (chosen: the ids those candidates took).
 -- Planned with enable_sort off for the reason migration 0004 gives.
 CREATE FUNCTION message_pack_take(
     target_queue integer, wanted integer, token bigint, lease_seconds double precision,
-    done_channel text
+    done_channel text, chosen bigint[]
 )
 RETURNS TABLE (id bigint, payload jsonb, attempts integer, enqueued_at timestamptz,
                visible_at timestamptz, lease_token bigint, priority smallint,
@@ -200,6 +201,31 @@ BEGIN
         taken := taken + least(pack.size, room);
         EXIT WHEN taken >= wanted;
     END LOOP;
+    IF taken < wanted THEN
+        -- Room left once the packs are taken: the messages stored alone that the dequeue's
+        -- candidates left behind the packs (priority 0 visible after the oldest ready pack,
+        -- or a lower priority), so that a batch is not short while messages are ready. Not
+        -- those the dequeue chose itself, nor any past its final attempt (the next dequeue
+        -- dead-letters those).
+        RETURN QUERY
+        WITH tail AS (
+            SELECT m.id, m.lease_token IS NOT NULL AS suspect
+            FROM message m
+            WHERE m.queue_id = target_queue AND m.priority <= 0 AND m.visible_at <= now()
+              AND m.attempts < settings.max_attempts AND m.id <> ALL (chosen)
+            ORDER BY m.priority DESC, m.visible_at
+            LIMIT wanted - taken
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE message m
+        SET visible_at = now() + make_interval(secs => lease_seconds),
+            attempts = m.attempts + 1,
+            lease_token = token
+        FROM tail t
+        WHERE m.id = t.id
+        RETURNING m.id, m.payload, m.attempts, m.enqueued_at, m.visible_at, m.lease_token,
+                  m.priority, m.last_error, t.suspect, NULL::bigint, NULL::bigint[];
+    END IF;
     IF buried AND settings.awaited THEN
         -- The same notification as message_dequeue_many's: delivered once per transaction.
         PERFORM pg_notify(done_channel, settings.name);
@@ -210,8 +236,8 @@ $$;
 -- The per-message candidates, now beside packs. The order stays: highest priority first,
 -- then earliest visible. Packs hold priority 0, so a dequeue takes, in this order: messages
 -- of a higher priority; messages of priority 0 visible no later than the oldest ready pack
--- (message_pack_take then fills the batch with packs); and only once no pack is ready,
--- messages of a lower priority. Three index ranges, each bounded by the room left: one
+-- (message_pack_take then fills the batch with packs, and what room is left with the
+-- messages left behind them); and only once no pack is ready, messages of a lower priority. Three index ranges, each bounded by the room left: one
 -- statement with a filter instead would walk every younger message of priority 0 while a
 -- pack is ready.
 CREATE OR REPLACE FUNCTION message_dequeue_candidates(target_queue integer, batch_size integer)

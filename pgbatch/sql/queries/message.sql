@@ -83,7 +83,8 @@ SELECT * FROM {schema}.message_pack_take(
     %(limit)s::integer - cardinality((SELECT live FROM chosen)),
     (SELECT value FROM token),
     %(lease_seconds)s::double precision,
-    %(done_channel)s::text
+    %(done_channel)s::text,
+    (SELECT live || exhausted FROM chosen)::bigint[]
 );
 
 -- name: message_pack_unpack
