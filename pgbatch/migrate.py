@@ -98,7 +98,11 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> list[int]:
             if migration.version in done:
                 continue
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+                # pg_temp named last: functions record this path (SET search_path FROM
+                # CURRENT), and a path without it searches a caller's temporary tables first.
+                conn.execute(
+                    sql.SQL("SET LOCAL search_path TO {}, pg_temp").format(sql.Identifier(schema))
+                )
                 conn.execute(migration.text.encode())
                 conn.execute(
                     sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(

@@ -184,6 +184,58 @@ def test_reader_sees_counts_but_no_payload_and_changes_nothing(logins, schema):
     )
 
 
+PACK_FUNCTIONS = (
+    "message_pack_take(1, 100, 424242, 3600, 'x', '{}')",
+    "message_pack_unpack('{1}', '{1}')",
+)
+
+
+@pytest.mark.parametrize("kind", ["reader", "producer"])
+@pytest.mark.parametrize("call", PACK_FUNCTIONS, ids=["take", "unpack"])
+def test_only_the_worker_may_call_the_packs_functions(logins, schema, client, kind, call):
+    """They run as the owner (migration 0005): EXECUTE is not PUBLIC's (migration 0006)."""
+    client.queue("jobs").batch_enqueue([{"packed": i} for i in range(100)])
+    raw_refused(
+        logins.dsn[kind], sql.SQL("SELECT * FROM {}.").format(sql.Identifier(schema)) + sql.SQL(call)
+    )
+    with logins.connect("worker") as worker:
+        held = worker.queue("jobs").dequeue_many(103)
+        assert len(held) == 103 and {m.pack_id for m in held} - {None}
+
+
+def test_a_callers_temporary_tables_do_not_stand_in_for_the_schemas(logins, schema, client):
+    """A temporary "message_pack" of the caller's is not what the owner's function reads: the
+    functions' search_path names pg_temp last (migration 0006). Before, it was searched first,
+    and a worker could write forged messages into "message" through message_pack_unpack."""
+    jobs = client.queue("jobs")
+    forged = 900_001
+    with psycopg.connect(logins.dsn["worker"], autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE message_pack (LIKE {} INCLUDING DEFAULTS)").format(
+                table(schema, "message_pack")
+            )
+        )
+        conn.execute("GRANT ALL ON pg_temp.message_pack TO PUBLIC")  # the owner may read it
+        conn.execute(
+            "INSERT INTO pg_temp.message_pack (id, queue_id, lease_token, ids, payloads)"
+            " VALUES (%s, %s, 77, ARRAY[%s::bigint], '[{\"forged\": true}]')",
+            (forged, jobs.info.id, forged),
+        )
+        moved = conn.execute(
+            sql.SQL("SELECT {}(ARRAY[%s::bigint], ARRAY[77::bigint])").format(
+                sql.Identifier(schema, "message_pack_unpack")
+            ),
+            (forged,),
+        ).fetchone()
+    assert moved == (0,)
+    with client.db.connection() as conn:
+        found = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE id = %s").format(table(schema, "message")),
+            (forged,),
+        ).fetchone()
+    assert found == (0,)
+
+
 def test_owner_migrates_and_administers_its_schema_only(logins, schema, pg_dsn):
     with logins.connect("owner") as owner:
         assert owner.migrate() == []  # already current; runs as a non-superuser
