@@ -196,7 +196,8 @@ def test_only_the_worker_may_call_the_packs_functions(logins, schema, client, ki
     """They run as the owner (migration 0005): EXECUTE is not PUBLIC's (migration 0006)."""
     client.queue("jobs").batch_enqueue([{"packed": i} for i in range(100)])
     raw_refused(
-        logins.dsn[kind], sql.SQL("SELECT * FROM {}.").format(sql.Identifier(schema)) + sql.SQL(call)
+        logins.dsn[kind],
+        sql.SQL("SELECT * FROM {}.").format(sql.Identifier(schema)) + sql.SQL(call),
     )
     with logins.connect("worker") as worker:
         held = worker.queue("jobs").dequeue_many(103)
