@@ -48,7 +48,8 @@ class Message(Generic[P]):
     # The previous delivery's lease ran out unsettled: its consumer may have crashed on it.
     after_expired_lease: bool = False
     # The pack this message was delivered in (migration 0005), None if it was stored alone.
-    # Settling a whole pack takes one statement; anything else unpacks it first.
+    # Settling a whole pack takes one statement; anything else unpacks it first (it stays
+    # set after an unpack, which a rollback can undo).
     pack_id: int | None = None
 
 

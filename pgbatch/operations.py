@@ -316,7 +316,11 @@ def _unpacked(rows: Iterable[Row]) -> list[Row]:
 
 def unpack_held(q: Queries, messages: Sequence[Message[Any]]) -> Plan[None]:
     """Moves the packs these messages were delivered in into the message table, their lease
-    unchanged, so that a per-message statement can act on them (migration 0005)."""
+    unchanged, so that a per-message statement can act on them (migration 0005).
+
+    ``pack_id`` stays set: the caller's transaction may still roll the unpack back (a
+    transactional handler's settle), and unpacking a pack already unpacked moves nothing, so
+    every later statement on these messages unpacks first again."""
     packs = {(m.pack_id, m.lease_token) for m in messages if m.pack_id is not None}
     if not packs:
         return
@@ -324,8 +328,6 @@ def unpack_held(q: Queries, messages: Sequence[Message[Any]]) -> Plan[None]:
         q.message_pack_unpack,
         {"packs": [pack for pack, _ in packs], "tokens": [token for _, token in packs]},
     )
-    for message in messages:
-        message.pack_id = None
 
 
 def held_params(

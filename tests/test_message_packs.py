@@ -12,6 +12,7 @@ from psycopg import sql
 
 import pgbatch
 from pgbatch import operations as ops
+from pgbatch.db import run_plan
 from pgbatch.models import QueueInfo
 from tests.test_queue_core import _nodes, done_notes, executed_plans, expire_leases
 
@@ -109,6 +110,25 @@ def test_per_message_operations_on_packed_messages_unpack_them_first(client, que
     rest = [m for m in taken if m.id != ids[150]]
     assert sorted(queue.archive_many(rest)) == sorted(m.id for m in rest)
     assert queue.stats().archived == 199
+
+
+def test_an_unpack_rolled_back_with_the_callers_transaction_is_redone(client, queue):
+    """A transactional handler settles inside its own transaction: when that rolls back, the
+    pack is back in message_pack, and the next statement on its messages must unpack it
+    again (review of 2026-11-30: they were marked unpacked and their fail did nothing)."""
+    queue.batch_enqueue([{"i": i} for i in range(100)])
+    held = queue.dequeue_many(100)
+    with client.db.connection() as conn, pytest.raises(RuntimeError), conn.transaction():
+        partial = ops.archive_many(client.queries, queue._target(), held[:60])
+        assert len(run_plan(conn, partial)) == 60
+        raise RuntimeError("the handler's transaction rolls back")
+    assert pack_sizes(client) == [100] and stored_alone(client) == []
+    outcome = queue.fail_many(held[:60], "rolled back", delay=0)
+    assert sorted(outcome.retried) == [m.id for m in held[:60]]
+    assert queue.archive_many(held[60:]) == [m.id for m in held[60:]]
+    assert queue.archive_many(held[:60]) == []  # released by the fail, no longer held
+    stats = queue.stats()
+    assert (stats.ready, stats.leased, stats.archived) == (60, 0, 40)
 
 
 def test_a_batch_smaller_than_a_pack_splits_it_in_order(client, queue):
