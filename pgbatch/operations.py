@@ -561,6 +561,14 @@ def update_queue(q: Queries, name: str, settings: Mapping[str, Any]) -> Plan[Que
 def drop_queue(q: Queries, name: str) -> Plan[None]:
     info = yield from get_queue(q, name)
     yield Statement(q.queue_delete, {"queue_id": info.id})
+    yield Statement(q.queue_purge_split_packs, {"queue_id": info.id})
+
+
+def purge_queue(q: Queries, queue: QueueInfo) -> Plan[int]:
+    """Removes every message of the queue, ready, delayed or leased; how many."""
+    purged = yield from single_count(q.queue_purge, queue)
+    split = yield from single_count(q.queue_purge_split_packs, queue)
+    return purged + split
 
 
 def queue_settings(

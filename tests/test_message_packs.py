@@ -3,6 +3,8 @@ and archived whole, and leaves that path by being unpacked with its lease unchan
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import psycopg
@@ -211,6 +213,52 @@ def test_purge_and_drop_count_and_remove_packed_messages(client, queue):
 
 class User(pydantic.BaseModel):
     email: str
+
+
+def blocked_behind(pg_dsn: str, blocker: psycopg.Connection[Any]) -> bool:
+    """Whether some session waits for a lock that ``blocker``'s session holds."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))",
+            (blocker.info.backend_pid,),
+        ).fetchone()
+    return row is not None and row[0] > 0
+
+
+@pytest.mark.parametrize("removal", ["purge", "drop"])
+def test_purge_and_drop_remove_the_leased_part_of_a_pack_split_meanwhile(
+    pg_dsn, client, queue, removal
+):
+    """A dequeue splits a pack while the purge waits for its lock: the leased part is a new
+    row, unseen by the purge's snapshot; a second statement removes it (review)."""
+    queue.batch_enqueue([{"i": i} for i in range(100)])
+    outcome: list[Any] = []
+    with psycopg.connect(pg_dsn) as taker:
+        taken = taker.execute(
+            sql.SQL("SELECT count(*) FROM {}(%s, 30, 4242, 30, 'x', '{{}}')").format(
+                sql.Identifier(client.schema, "message_pack_take")
+            ),
+            (queue.info.id,),
+        ).fetchone()
+        assert taken == (1,)  # one row: the leased part, 30 messages
+
+        def remove() -> None:
+            if removal == "purge":
+                outcome.append(queue.purge())
+            else:
+                outcome.append(client.drop_queue("jobs"))
+
+        remover = threading.Thread(target=remove)
+        remover.start()
+        deadline = time.monotonic() + 10
+        while not blocked_behind(pg_dsn, taker):
+            assert time.monotonic() < deadline, "the purge never waited for the split pack"
+            time.sleep(0.01)
+        taker.commit()
+        remover.join(timeout=10)
+    assert pack_sizes(client) == [] and stored_alone(client) == []
+    if removal == "purge":
+        assert outcome == [100]
 
 
 def test_messages_that_fail_the_model_are_buried_out_of_their_pack(client):

@@ -46,6 +46,17 @@ WITH gone AS (DELETE FROM {schema}.message WHERE queue_id = %(queue_id)s RETURNI
      )
 SELECT (SELECT count(*) FROM gone) + (SELECT coalesce(sum(messages), 0) FROM gone_packs);
 
+-- name: queue_purge_split_packs
+-- Run after queue_purge or queue_delete, in the same transaction. A dequeue that split a pack
+-- while the purge waited for that pack's lock (message_pack_take) wrote the leased part as a
+-- new row, which the purge's snapshot does not see; this statement's later snapshot does.
+-- Returns how many messages it removed.
+WITH gone AS (
+    DELETE FROM {schema}.message_pack WHERE queue_id = %(queue_id)s
+    RETURNING cardinality(ids) AS messages
+)
+SELECT coalesce(sum(messages), 0) FROM gone;
+
 -- name: queue_stats
 -- Counts by state with the database clock; oldest_ready_age in seconds. Messages of packs
 -- (migration 0005) count one each; a pack is never delayed, so one not visible is leased.
