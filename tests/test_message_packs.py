@@ -261,6 +261,28 @@ def test_purge_and_drop_remove_the_leased_part_of_a_pack_split_meanwhile(
         assert outcome == [100]
 
 
+@pytest.mark.parametrize(
+    ("ids", "payloads"),
+    [
+        ("{1,2,3}", '{"not": "an array"}'),
+        ("{1,2,3}", "[1, 2]"),
+        ("{2,3}", "[1, 2]"),  # the pack's id is not its first message's
+        ("{1,NULL}", "[1, 2]"),
+        ("{{1,2}}", "[1, 2]"),
+    ],
+)
+def test_a_pack_that_is_not_whole_is_refused_at_its_insert(client, queue, ids, payloads):
+    """One bad row would fail every dequeue of its queue (migration 0007, review)."""
+    with client.db.connection() as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            sql.SQL("INSERT INTO {} (id, queue_id, ids, payloads) VALUES (1, %s, %s, %s)").format(
+                sql.Identifier(client.schema, "message_pack")
+            ),
+            (queue.info.id, ids, payloads),
+        )
+    assert pack_sizes(client) == []
+
+
 def test_messages_that_fail_the_model_are_buried_out_of_their_pack(client):
     raw = client.create_queue("users")
     ids = raw.batch_enqueue(
