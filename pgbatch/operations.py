@@ -561,14 +561,27 @@ def update_queue(q: Queries, name: str, settings: Mapping[str, Any]) -> Plan[Que
 def drop_queue(q: Queries, name: str) -> Plan[None]:
     info = yield from get_queue(q, name)
     yield Statement(q.queue_delete, {"queue_id": info.id})
-    yield Statement(q.queue_purge_split_packs, {"queue_id": info.id})
+    yield from purge_passes(q, info.id)
 
 
-def purge_queue(q: Queries, queue: QueueInfo) -> Plan[int]:
+# A purge repeats its pass until one removes nothing: a dequeue or an unpack the pass waited
+# for can have written rows its snapshot did not see (the leased part of a split pack, the
+# messages of an unpacked one). Bounded, so that producers writing all along cannot keep it
+# going; what they write during the purge may stay.
+PURGE_PASSES_MAX = 10
+
+
+def purge_passes(q: Queries, queue_id: int) -> Plan[int]:
     """Removes every message of the queue, ready, delayed or leased; how many."""
-    purged = yield from single_count(q.queue_purge, queue)
-    split = yield from single_count(q.queue_purge_split_packs, queue)
-    return purged + split
+    removed = 0
+    for _ in range(PURGE_PASSES_MAX):
+        packs = yield Statement(q.queue_purge_packs, {"queue_id": queue_id})
+        messages = yield Statement(q.queue_purge_messages, {"queue_id": queue_id})
+        count = int(packs[0][0]) + int(messages[0][0])
+        removed += count
+        if not count:
+            break
+    return removed
 
 
 def queue_settings(

@@ -171,7 +171,7 @@ class Queue(_QueueBase[P]):
 
     def purge(self) -> int:
         """Removes every message still in the queue; how many."""
-        return self.client.db.run(ops.purge_queue(self._q(), self.info))
+        return self.client.db.run(ops.purge_passes(self._q(), self.info.id))
 
     def submit(self, payload: Any) -> Pending:
         """Transparent batching: one payload, written with others in a coalesced batch_enqueue.
@@ -296,7 +296,7 @@ class AsyncQueue(_QueueBase[P]):
         return await self.client.db.run(ops.single_count(self._q().dead_letter_purge, self.info))
 
     async def purge(self) -> int:
-        return await self.client.db.run(ops.purge_queue(self._q(), self.info))
+        return await self.client.db.run(ops.purge_passes(self._q(), self.info.id))
 
     async def submit(self, payload: Any) -> AsyncPending:
         """Transparent batching; awaits only while max_pending submits are unflushed."""

@@ -225,22 +225,36 @@ def blocked_behind(pg_dsn: str, blocker: psycopg.Connection[Any]) -> bool:
     return row is not None and row[0] > 0
 
 
+def hold_open(
+    conn: psycopg.Connection[Any], race: str, client: pgbatch.Client, queue_id: int
+) -> None:
+    """Leaves ``conn`` in a transaction that holds a pack's lock: a dequeue splitting one
+    (the leased part a new row) or an unpack (the messages new rows of "message")."""
+    if race == "split":
+        statement = sql.SQL("SELECT count(*) FROM {}(%s, 30, 4242, 30, 'x', '{{}}')").format(
+            sql.Identifier(client.schema, "message_pack_take")
+        )
+        assert conn.execute(statement, (queue_id,)).fetchone() == (1,)
+    else:
+        held = client.queue("jobs").dequeue_many(100)
+        statement = sql.SQL("SELECT {}(%s, %s)").format(
+            sql.Identifier(client.schema, "message_pack_unpack")
+        )
+        moved = conn.execute(statement, ([held[0].pack_id], [held[0].lease_token])).fetchone()
+        assert moved == (100,)
+
+
+@pytest.mark.parametrize("race", ["split", "unpack"])
 @pytest.mark.parametrize("removal", ["purge", "drop"])
-def test_purge_and_drop_remove_the_leased_part_of_a_pack_split_meanwhile(
-    pg_dsn, client, queue, removal
+def test_purge_and_drop_remove_what_a_concurrent_dequeue_or_unpack_wrote(
+    pg_dsn, client, queue, removal, race
 ):
-    """A dequeue splits a pack while the purge waits for its lock: the leased part is a new
-    row, unseen by the purge's snapshot; a second statement removes it (review)."""
-    queue.batch_enqueue([{"i": i} for i in range(100)])
+    """A dequeue splits a pack, or its holder unpacks it, while the purge waits for its lock:
+    they write rows the purge's snapshot does not see; its next pass removes them (review)."""
+    queue.batch_enqueue([{"i": i} for i in range(200)])
     outcome: list[Any] = []
-    with psycopg.connect(pg_dsn) as taker:
-        taken = taker.execute(
-            sql.SQL("SELECT count(*) FROM {}(%s, 30, 4242, 30, 'x', '{{}}')").format(
-                sql.Identifier(client.schema, "message_pack_take")
-            ),
-            (queue.info.id,),
-        ).fetchone()
-        assert taken == (1,)  # one row: the leased part, 30 messages
+    with psycopg.connect(pg_dsn) as holder:
+        hold_open(holder, race, client, queue.info.id)
 
         def remove() -> None:
             if removal == "purge":
@@ -251,14 +265,14 @@ def test_purge_and_drop_remove_the_leased_part_of_a_pack_split_meanwhile(
         remover = threading.Thread(target=remove)
         remover.start()
         deadline = time.monotonic() + 10
-        while not blocked_behind(pg_dsn, taker):
-            assert time.monotonic() < deadline, "the purge never waited for the split pack"
+        while not blocked_behind(pg_dsn, holder):
+            assert time.monotonic() < deadline, "the purge never waited for the pack's lock"
             time.sleep(0.01)
-        taker.commit()
+        holder.commit()
         remover.join(timeout=10)
     assert pack_sizes(client) == [] and stored_alone(client) == []
     if removal == "purge":
-        assert outcome == [100]
+        assert outcome == [200]
 
 
 @pytest.mark.parametrize(
@@ -269,6 +283,7 @@ def test_purge_and_drop_remove_the_leased_part_of_a_pack_split_meanwhile(
         ("{2,3}", "[1, 2]"),  # the pack's id is not its first message's
         ("{1,NULL}", "[1, 2]"),
         ("{{1,2}}", "[1, 2]"),
+        ("[0:1]={0,1}", "[1, 2]"),  # ids[1] is the second id
     ],
 )
 def test_a_pack_that_is_not_whole_is_refused_at_its_insert(client, queue, ids, payloads):

@@ -12,6 +12,7 @@
 -- Adding it reads every pack already stored; one that breaks the rule fails the migration.
 ALTER TABLE message_pack ADD CONSTRAINT message_pack_whole CHECK (coalesce(
     array_ndims(ids) = 1
+    AND array_lower(ids, 1) = 1  -- the splits cut by position from 1, as the payloads count
     AND id = ids[1]
     AND array_position(ids, NULL) IS NULL
     AND jsonb_typeof(payloads) = 'array'

@@ -37,25 +37,20 @@ WITH gone_messages AS (DELETE FROM {schema}.message WHERE queue_id = %(queue_id)
      gone_archive AS (DELETE FROM {schema}.archive WHERE queue_id = %(queue_id)s)
 DELETE FROM {schema}.queue WHERE id = %(queue_id)s RETURNING id;
 
--- name: queue_purge
--- Removes every message still in the queue (ready, delayed or leased); returns how many.
-WITH gone AS (DELETE FROM {schema}.message WHERE queue_id = %(queue_id)s RETURNING 1),
-     gone_packs AS (
-         DELETE FROM {schema}.message_pack WHERE queue_id = %(queue_id)s
-         RETURNING cardinality(ids) AS messages
-     )
-SELECT (SELECT count(*) FROM gone) + (SELECT coalesce(sum(messages), 0) FROM gone_packs);
-
--- name: queue_purge_split_packs
--- Run after queue_purge or queue_delete, in the same transaction. A dequeue that split a pack
--- while the purge waited for that pack's lock (message_pack_take) wrote the leased part as a
--- new row, which the purge's snapshot does not see; this statement's later snapshot does.
--- Returns how many messages it removed.
+-- name: queue_purge_packs
+-- One pass of a purge (operations.purge_passes), first half: the queue's packs, leased or
+-- not; returns how many messages they held.
 WITH gone AS (
     DELETE FROM {schema}.message_pack WHERE queue_id = %(queue_id)s
     RETURNING cardinality(ids) AS messages
 )
 SELECT coalesce(sum(messages), 0) FROM gone;
+
+-- name: queue_purge_messages
+-- Second half, a statement of its own so that its snapshot sees the messages that an unpack
+-- the first half waited for moved into "message"; returns how many.
+WITH gone AS (DELETE FROM {schema}.message WHERE queue_id = %(queue_id)s RETURNING 1)
+SELECT count(*) FROM gone;
 
 -- name: queue_stats
 -- Counts by state with the database clock; oldest_ready_age in seconds. Messages of packs
