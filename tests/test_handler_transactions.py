@@ -47,7 +47,10 @@ app = pgbatch.App(schema=_schema, application_name=f"pgbatch-tx-{_schema}")
 def wait_at_gate(batch: pgbatch.Batch[Any]) -> None:
     """Says it holds its batch (file ``entered``), then blocks until the file ``open`` exists."""
     gate = Path(os.environ[GATE_ENV])
-    (gate / "entered").write_text(",".join(str(m.id) for m in batch))
+    # Written aside, then renamed: the test reads it as soon as it exists (a plain write
+    # let it read an empty file once, in CI on 2026-11-30).
+    (gate / "entered.part").write_text(",".join(str(m.id) for m in batch))
+    (gate / "entered.part").rename(gate / "entered")
     deadline = time.monotonic() + 60
     while not (gate / "open").exists():
         if time.monotonic() > deadline:
