@@ -28,29 +28,32 @@ log = logging.getLogger("pgbatch.worker")
 
 CHECK_SECONDS = 1.0
 PARTITION_SECONDS = 3600.0
-# Vacuum once dead tuples pass both bounds: a floor, and a share of the live rows.
-VACUUM_MIN_DEAD = 20_000
-# The packs' table: a dead tuple there stands for up to 100 messages, and the table is small
-# (a vacuum of it takes milliseconds), while dead entries in front of its dequeue index are
-# stepped over by every dequeue until a vacuum removes them.
-VACUUM_MIN_DEAD_PACKS = 1_000
+# Vacuum a hot table once its dead tuples pass both bounds: a floor, and a share of the live
+# rows. The packs' table has a lower floor: a dead tuple there stands for up to 100
+# messages, the table is small (a vacuum of it takes milliseconds), and dead entries in front
+# of its dequeue index are stepped over by every dequeue until a vacuum removes them.
+VACUUM_MIN_DEAD = {"message": 20_000, "message_pack": 1_000}
 VACUUM_DEAD_SHARE = 0.2
 PARTITION_DAYS = 9
 
 
-def vacuum_if_bloated(q: Queries, *, packs: bool = False) -> Plan[bool | None]:
-    """Vacuums the hot table (or with ``packs``, the packs' table) when it has many dead
-    tuples: True if it did, None if this role may not, False otherwise."""
-    rows = yield Statement(q.message_pack_vacuum_candidate if packs else q.message_vacuum_candidate)
+def vacuum_if_bloated(q: Queries) -> Plan[bool | None]:
+    """Vacuums each hot table (``message``, ``message_pack``) that has many dead tuples: True
+    if it vacuumed one, None if this role may not, False otherwise."""
+    rows = yield Statement(q.hot_tables_vacuum_candidates)
     if not rows:
         return False
-    dead, live, may_vacuum = rows[0]
-    if not may_vacuum:
+    if not all(may_vacuum for *_, may_vacuum in rows):
         return None
-    if dead < max(VACUUM_MIN_DEAD_PACKS if packs else VACUUM_MIN_DEAD, VACUUM_DEAD_SHARE * live):
-        return False
-    yield Statement(q.message_pack_vacuum if packs else q.message_vacuum)
-    return True
+    vacuums = {"message": q.message_vacuum, "message_pack": q.message_pack_vacuum}
+    due = [
+        table
+        for table, dead, live, _ in rows
+        if dead >= max(VACUUM_MIN_DEAD[table], VACUUM_DEAD_SHARE * live)
+    ]
+    for table in due:
+        yield Statement(vacuums[table])
+    return bool(due)
 
 
 def ensure_partitions(q: Queries) -> Plan[None]:
@@ -70,13 +73,11 @@ async def upkeep(ctx: RunContext) -> None:
             if may_vacuum:
                 started = loop.time()
                 vacuumed = await ctx.db.run(vacuum_if_bloated(ctx.queries), transaction=False)
-                if vacuumed is not None:
-                    await ctx.db.run(vacuum_if_bloated(ctx.queries, packs=True), transaction=False)
                 if vacuumed is None:
                     may_vacuum = False
                     log.info("not the owner of the hot table: leaving its vacuum to autovacuum")
                 elif vacuumed:
-                    log.debug("vacuumed the hot table in %.2fs", loop.time() - started)
+                    log.debug("vacuumed the hot tables in %.2fs", loop.time() - started)
         except errors.DatabaseError as exc:
             log.debug("upkeep skipped this round: %s", exc)
         await asyncio.sleep(jittered(CHECK_SECONDS, 0.2))
